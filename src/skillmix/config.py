@@ -1,0 +1,139 @@
+"""SkillMixConfig: one dataclass for every method, with defaults and validation."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import SkillMixError
+
+METHODS = ("lora", "molora", "molora_sd", "mode", "poly", "mhr", "orchmoe")
+TOKEN_ROUTED = ("molora", "molora_sd", "mode")  # a router per layer, per token
+SEQUENCE_ROUTED = ("poly", "mhr", "orchmoe")  # one mixture per sequence: exportable as a plain LoRA
+USES_TASK_IDS = ("poly", "mhr")
+
+# Default adapted modules per `model_type` (the same defaults as PEFT's LoRA).
+DEFAULT_TARGET_MODULES = {
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "gemma2": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+    "t5": ["q", "v"],
+    "mt5": ["q", "v"],
+    "gpt2": ["c_attn"],
+}
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+@dataclass
+class SkillMixConfig:
+    """Hyper-parameters of one adapter; every field but `method` has a default.
+
+    Field names follow PEFT where PEFT has the concept (`r`, `lora_alpha`, `lora_dropout`,
+    `target_modules`, `init_weights`, `n_tasks`, `n_skills`, `n_splits`).
+    """
+
+    method: str = "lora"
+    target_modules: list[str] | str | None = None  # names (suffix match) or one regex; None: per model type
+    r: int = 8  # rank of LoRA, of each MoLoRA expert, of each skill; rank positions of the shared A (molora_sd, mode)
+    lora_alpha: float | None = None  # scaling = lora_alpha / r; None: scaling 1 (poly/mhr: 1/r, as PEFT)
+    lora_dropout: float = 0.0
+    init_weights: bool = True  # True: up-projections start at 0, so the adapted model equals the base
+    # token-routed methods
+    num_experts: int = 4  # MoLoRA/MoLoRA-SD experts, MoDE experts per rank group (m)
+    expert_rank: int = 1  # MoDE p: rank of one dyadic expert (p = r makes MoDE equal MoLoRA-SD)
+    top_k: int | None = None  # keep the k largest router probabilities (not renormalised); None: soft
+    load_balancing_coef: float = 0.0  # Switch-style auxiliary loss weight (token routers and task router)
+    # skill methods
+    n_skills: int = 4  # S
+    n_tasks: int = 1  # rows of Poly/MHR's allocation table
+    n_splits: int | None = None  # MHR heads; None: 1 for poly, 4 for mhr
+    gumbel_temperature: float = 1.0
+    # OrchMoE
+    n_abstract_tasks: int = 4  # N
+    router_dim: int = 64  # d_k of the task router's keys
+    mix: str = "output"  # "output": sum of skill outputs; "poly": mix A and B like Poly
+    task_router: str = "attention"  # "attention" | "uniform" (ablation: w = 1/N)
+    skill_router: str = "learned"  # "learned" | "uniform" (ablation: fixed uniform allocation)
+    # bookkeeping
+    base_model_name_or_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form metadata (e.g. task names)
+
+    def __post_init__(self) -> None:
+        if self.n_splits is None:
+            self.n_splits = 4 if self.method == "mhr" else 1
+        if isinstance(self.target_modules, tuple):
+            self.target_modules = list(self.target_modules)
+        self.validate()
+
+    @property
+    def scaling(self) -> float:
+        """Multiplier of every adapter output."""
+        if self.lora_alpha is None:
+            return 1.0 / self.r if self.method in ("poly", "mhr") else 1.0
+        return self.lora_alpha / self.r
+
+    @property
+    def uses_task_ids(self) -> bool:
+        return self.method in USES_TASK_IDS
+
+    def validate(self) -> None:
+        """Raise SkillMixError naming the first invalid field."""
+        def bad(name: str, expected: str) -> None:
+            raise SkillMixError(f"SkillMixConfig.{name}={getattr(self, name)!r}: expected {expected}")
+
+        if self.method not in METHODS:
+            bad("method", "one of " + ", ".join(METHODS))
+        for name in ("r", "num_experts", "expert_rank", "n_skills", "n_tasks", "n_splits",
+                     "n_abstract_tasks", "router_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                bad(name, "a positive integer")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            bad("lora_dropout", "a float in [0, 1)")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            bad("lora_alpha", "a positive number or None")
+        if self.top_k is not None and not (isinstance(self.top_k, int) and 1 <= self.top_k <= self.num_experts):
+            bad("top_k", f"None or an integer in [1, num_experts={self.num_experts}]")
+        if self.load_balancing_coef < 0:
+            bad("load_balancing_coef", "a non-negative float")
+        if not self.gumbel_temperature > 0:
+            bad("gumbel_temperature", "a positive float")
+        if self.method == "mode" and self.r % self.expert_rank:
+            bad("expert_rank", f"a divisor of r={self.r}")
+        if self.method == "poly" and self.n_splits != 1:
+            bad("n_splits", "1 for poly (use method='mhr' for several heads)")
+        if self.mix not in ("output", "poly"):
+            bad("mix", "'output' or 'poly'")
+        if self.task_router not in ("attention", "uniform"):
+            bad("task_router", "'attention' or 'uniform'")
+        if self.skill_router not in ("learned", "uniform"):
+            bad("skill_router", "'learned' or 'uniform'")
+        tm = self.target_modules
+        if tm is not None and not (isinstance(tm, str) or (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm))):
+            bad("target_modules", "a regex string, a non-empty list of module names, or None")
+
+    # ---- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"peft_type": "SKILLMIX", **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "SkillMixConfig":
+        data = dict(data)
+        data.pop("peft_type", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SkillMixError(f"{source}: unknown field(s) {', '.join(unknown)}; expected fields of SkillMixConfig")
+        return cls(**data)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        from .io import atomic_write_text
+
+        atomic_write_text(os.path.join(directory, CONFIG_NAME), json.dumps(self.to_dict(), indent=2) + "\n")

@@ -1,0 +1,44 @@
+"""MoDE: a shared down-projection A and m rank-p up-projection experts per group of p rank positions.
+
+With u = A x split into G = r/p groups u_k, and router R_k(x) = softmax(W_{R,k} x) over m experts:
+delta(x) = s * sum_k sum_i R_k^i(x) B_k^i u_k. p = 1 is rank-one ("dyadic") MoDE; p = r is MoLoRA-SD.
+Computed as one dense matmul over the (group, expert, position) axis, gated per token.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..routing import load_balancing_loss, token_router_probs
+from .base import AdapterLayer, init_uniform_
+
+
+class MoDELayer(AdapterLayer):
+    routing = "token"
+
+    def group_size(self, config) -> int:
+        return config.expert_rank
+
+    def reset_parameters(self, config) -> None:
+        m, r, d_in, d_out = config.num_experts, self.r, self.in_features, self.out_features
+        self.p = self.group_size(config)
+        self.groups = r // self.p  # G
+        self.num_experts, self.top_k, self.balance_coef = m, config.top_k, config.load_balancing_coef
+        self.lora_A = nn.Parameter(init_uniform_(torch.empty(r, d_in), d_in))  # shared down [r, d_in]
+        self.lora_B = nn.Parameter(torch.zeros(m, d_out, r))  # up vectors b_j^i [m, d_out, r]
+        if not config.init_weights:
+            init_uniform_(self.lora_B.data, r)
+        self.router = nn.Parameter(torch.randn(self.groups, m, d_in) * 0.02)  # W_R [G, m, d_in], no bias
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        g, m, p = self.groups, self.num_experts, self.p
+        logits = F.linear(x, self.router.reshape(g * m, -1)).unflatten(-1, (g, m))  # [B, T, G, m]
+        probs = token_router_probs(logits, self.top_k)  # softmax per group
+        self.context.record[self.name] = probs.detach()
+        if self.balance_coef > 0 and self.training:
+            self.context.aux_losses.append(self.balance_coef * load_balancing_loss(probs))
+        u = F.linear(self.dropout(x), self.lora_A).unflatten(-1, (g, 1, p))  # [B, T, G, 1, p]
+        gated = (probs.to(u.dtype).unsqueeze(-1) * u).flatten(-3)  # [B, T, G*m*p]
+        up = self.lora_B.unflatten(-1, (g, p)).permute(1, 2, 0, 3).reshape(self.out_features, g * m * p)
+        return F.linear(gated, up) * self.scaling

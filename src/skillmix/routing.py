@@ -1,0 +1,89 @@
+"""Routing: the typed context passed to every adapter layer, the routers, and their auxiliary loss."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.distributions import RelaxedBernoulli
+
+EPS = 1e-12  # as PEFT's Poly router
+
+
+@dataclass
+class RoutingContext:
+    """Routing inputs of the current forward and the last routing decisions.
+
+    One object is shared by the model wrapper and all its adapter layers (no global state,
+    no monkey-patched attributes). The wrapper fills the inputs before each forward.
+    """
+
+    task_ids: torch.Tensor | None = None  # [B] long, Poly/MHR only
+    task_weights: torch.Tensor | None = None  # [B, N] OrchMoE task-router output, fixed for a sequence
+    record: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> last routing tensor (detached)
+    aux_losses: list[torch.Tensor] = field(default_factory=list)  # load-balancing terms of the last forward
+
+    def per_example(self, value: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Expand a per-sequence tensor [B, ...] to a batch of `batch_size` rows (beams, sampled copies)."""
+        if value.shape[0] == batch_size:
+            return value
+        if batch_size % value.shape[0]:
+            raise ValueError(f"routing batch {value.shape[0]} does not divide the layer batch {batch_size}")
+        return value.repeat_interleave(batch_size // value.shape[0], dim=0)
+
+    def reset(self) -> None:
+        self.task_ids = None
+        self.task_weights = None
+        self.aux_losses = []
+
+
+def relaxed_bernoulli(logits: torch.Tensor, temperature: float, training: bool) -> torch.Tensor:
+    """Gumbel-sigmoid sample in training (same draw as PEFT's Poly router), sigmoid in eval."""
+    if training:
+        return RelaxedBernoulli(temperature=temperature, logits=logits).rsample()
+    return torch.sigmoid(logits)
+
+
+def normalise_rows(z: torch.Tensor) -> torch.Tensor:
+    """z / (sum over the last axis + 1e-12): each row on the simplex."""
+    return z / (z.sum(dim=-1, keepdim=True) + EPS)
+
+
+def token_router_probs(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """Softmax in float32 over the last axis; with top_k, zero all but the k largest (no renormalisation)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    if top_k is not None and top_k < probs.shape[-1]:
+        kth = probs.topk(top_k, dim=-1).values[..., -1:]
+        probs = probs * (probs >= kth)
+    return probs
+
+
+def load_balancing_loss(probs: torch.Tensor) -> torch.Tensor:
+    """Switch Transformer auxiliary loss: E * sum_e f_e * P_e over all leading axes of probs [..., E]."""
+    probs = probs.reshape(-1, probs.shape[-1])
+    num_experts = probs.shape[-1]
+    fraction = torch.nn.functional.one_hot(probs.argmax(-1), num_experts).float().mean(0)  # f_e
+    return num_experts * (fraction * probs.float().mean(0)).sum()
+
+
+class TaskRouter(nn.Module):
+    """OrchMoE task router: the pooled prompt attends over N learned abstract-task keys.
+
+    w = softmax(<W_Q h, E_i> / sqrt(d_k)), h = mean of the prompt's token embeddings.
+    """
+
+    def __init__(self, d_model: int, n_abstract_tasks: int, router_dim: int):
+        super().__init__()
+        self.query = nn.Linear(d_model, router_dim, bias=False)  # W_Q [d_k, d_model]
+        self.keys = nn.Parameter(torch.empty(n_abstract_tasks, router_dim))  # E [N, d_k]
+        nn.init.normal_(self.query.weight, std=0.02)
+        nn.init.normal_(self.keys, std=0.02)
+
+    def forward(self, embeddings: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """embeddings [B, T, d_model], prompt_mask [B, T] -> task weights w [B, N]."""
+        mask = prompt_mask.to(self.keys.dtype).unsqueeze(-1)  # [B, T, 1]
+        pooled = (embeddings.to(self.keys.dtype) * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # [B, d_model]
+        query = self.query(pooled)  # [B, d_k]
+        logits = query @ self.keys.T / math.sqrt(self.keys.shape[-1])  # [B, N]
+        return torch.softmax(logits, dim=-1)
