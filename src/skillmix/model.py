@@ -148,6 +148,12 @@ class SkillMixModel(nn.Module):
         finally:
             self.routing.task_ids = self.routing.task_weights = None
 
+    def set_gumbel_temperature(self, temperature: float) -> None:
+        """Set the Gumbel-sigmoid temperature of every skill router (for a temperature schedule)."""
+        for layer in self.adapter_layers.values():
+            if hasattr(layer, "temperature"):
+                layer.temperature = float(temperature)
+
     def aux_loss(self) -> torch.Tensor:
         """Sum of the weighted load-balancing losses of the last forward (0 when disabled)."""
         losses = self.routing.aux_losses
