@@ -220,7 +220,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
 
     from .hub import load_base_model
 
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+    # without a GPU, cpu=True lets Accelerate run several CPU processes (gloo) under torchrun/accelerate launch
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     out = prepare_output_dir(cfg, overwrite, resume) if accelerator.is_main_process else Path(cfg.output_dir)
     accelerator.wait_for_everyone()
