@@ -389,3 +389,17 @@ def test_console_entry_has_no_traceback(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2 and result.stderr.startswith("error: data directory") and "Traceback" not in result.stderr
+
+
+def test_causal_prompts_over_budget_keep_their_end():
+    from skillmix.data import encode_examples, load_multitask_data
+    from skillmix.hub import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    data = load_multitask_data(names=["task020_mctaco_span_based_question"], n_test=2, n_train=2)
+    encoded, report = encode_examples(data, "train", tok, "causal", max_source_tokens=64)
+    assert report.sources_truncated == 2
+    for ex in encoded:
+        assert len(ex.prompt_ids) == 64
+        assert tok.decode(ex.prompt_ids).endswith("Output:")
+        assert tok.decode(ex.prompt_ids).startswith("Definition:")

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 KINDS = ("causal", "seq2seq")
 IGNORE_INDEX = -100
 MODEL_KEYS = ("input_ids", "attention_mask", "labels")
+CAUSAL_TAIL_TOKENS = 16  # tokens kept from the end of an over-long causal prompt
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,11 @@ def encode_examples(
         source_ids = tokenizer(source, verbose=False)["input_ids"]
         prompt_ids = source_ids
         if max_source_tokens is not None and len(source_ids) > max_source_tokens:
-            prompt_ids = tokenizer(source, truncation=True, max_length=max_source_tokens)["input_ids"]
+            if kind == "causal":  # cut the middle: a decoder-only model must still see "...Output:" at the end
+                tail = min(CAUSAL_TAIL_TOKENS, max_source_tokens // 2)
+                prompt_ids = source_ids[: max_source_tokens - tail] + source_ids[-tail:]
+            else:
+                prompt_ids = tokenizer(source, truncation=True, max_length=max_source_tokens)["input_ids"]
         report.examples += 1
         report.sources_truncated += prompt.truncated or len(prompt_ids) < len(source_ids)
         report.prompts_shortened += prompt.examples_dropped > 0
