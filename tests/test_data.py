@@ -400,6 +400,6 @@ def test_causal_prompts_over_budget_keep_their_end():
     encoded, report = encode_examples(data, "train", tok, "causal", max_source_tokens=64)
     assert report.sources_truncated == 2
     for ex in encoded:
-        assert len(ex.prompt_ids) == 64
+        assert 60 <= len(ex.prompt_ids) <= 64
         assert tok.decode(ex.prompt_ids).endswith("Output:")
         assert tok.decode(ex.prompt_ids).startswith("Definition:")

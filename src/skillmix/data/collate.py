@@ -98,7 +98,8 @@ def encode_examples(
     report, encoded = TruncationReport(), []
     for instance in getattr(data, split):
         task = data.tasks[instance.task]
-        prompt = build_prompt(task, instance.input, num_pos_examples, add_definition, tokenizer, max_source_tokens)
+        keep_end = CAUSAL_TAIL_TOKENS if kind == "causal" else 0
+        prompt = build_prompt(task, instance.input, num_pos_examples, add_definition, tokenizer, max_source_tokens, keep_end)
         source = prompt.text.rstrip(" ") if kind == "causal" else prompt.text
         source_ids = tokenizer(source, verbose=False)["input_ids"]
         prompt_ids = source_ids

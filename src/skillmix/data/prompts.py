@@ -40,11 +40,14 @@ def build_prompt(
     add_definition: bool = True,
     tokenizer: Any = None,
     max_source_tokens: int | None = None,
+    keep_end_tokens: int = 0,
 ) -> Prompt:
     """Tk-Instruct source text; `num_pos_examples=0` gives the definition-only variant.
 
     With `max_source_tokens`, an example block is kept only while definition + blocks + task input
-    fit the budget, and a source still over budget is cut to its first `max_source_tokens` tokens.
+    fit the budget, and a source still over budget is cut to its first `max_source_tokens` tokens
+    (with `keep_end_tokens` > 0: its first `max_source_tokens - keep_end_tokens` and its last
+    `keep_end_tokens` tokens, so a decoder-only model still sees the closing "Output:").
     """
     if num_pos_examples < 0:
         raise SkillMixError(f"number of positive examples must be >= 0, got {num_pos_examples}")
@@ -70,5 +73,8 @@ def build_prompt(
     ids = tokenizer(source, verbose=False)["input_ids"]
     if len(ids) <= max_source_tokens:
         return Prompt(source, len(blocks), dropped, truncated=False)
-    cut = tokenizer.decode(ids[:max_source_tokens], skip_special_tokens=True)
+    keep = min(keep_end_tokens, max_source_tokens // 2)
+    cut = tokenizer.decode(ids[: max_source_tokens - keep], skip_special_tokens=True)
+    if keep:
+        cut += tokenizer.decode(ids[-keep:], skip_special_tokens=True)
     return Prompt(cut, len(blocks), dropped, truncated=True)
