@@ -34,7 +34,7 @@ def interrupt_at(monkeypatch, step_to_fail: int, exc: BaseException | None = Non
     def step(cfg, inner, model, optimizer, accelerator, examples, indices, step, *rest):
         if step == step_to_fail:
             if nan:
-                return float("nan"), 1
+                return float("nan"), 1, 1
             raise exc
         return real(cfg, inner, model, optimizer, accelerator, examples, indices, step, *rest)
 

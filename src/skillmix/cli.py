@@ -239,18 +239,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return _run_compare(args, template, [m.strip() for m in args.methods.split(",") if m.strip()])
 
 
-DEMO = dict(tasks=4, n_test=5, max_train_instances=8, batch_size=8, max_source_tokens=320, max_target_tokens=32,
-            lr=1e-3, max_steps=None)
+DEMO = dict(tasks=4, n_test=5, max_train_instances=8, batch_size=4, epochs=2, max_source_tokens=320,
+            max_target_tokens=32, lr=2e-3, warmup_ratio=0.1)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A small real run: LoRA vs OrchMoE on 4 SuperNI tasks with the default model, results table printed."""
+    from skillmix.config import SkillMixConfig
+    from skillmix.hub import load_base_model
+    from skillmix.model import count_parameters
     from skillmix.train import TrainConfig
 
     template = TrainConfig(model=args.model, output_dir=args.output_dir, data_dir=args.data_dir, **DEMO)
-    args.seeds, args.budget = [0], None
+    args.seeds = [0]
+    args.budget = count_parameters(load_base_model(args.model)[0], SkillMixConfig(method="lora"))  # LoRA r=8 on q, v
     print(f"demo: {template.tasks} SuperNI tasks, {template.max_train_instances} train / {template.n_test} test instances "
-          f"per task, prompts <= {template.max_source_tokens} tokens, lr {template.lr}, 1 epoch, model {template.model}")
+          f"per task, prompts <= {template.max_source_tokens} tokens, batch {template.batch_size}, {template.epochs} epochs, "
+          f"lr {template.lr}, model {template.model}, budget {args.budget:,d} trainable parameters (LoRA r=8 on q_proj, v_proj)")
     return _run_compare(args, template, ["lora", "orchmoe"])
 
 

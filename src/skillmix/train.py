@@ -260,7 +260,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
     try:
         for step in range(start, total_steps):
             t0 = time.time()
-            loss_value, n_tokens = _train_step(cfg, inner, model, optimizer, accelerator, examples, plan[step],
+            loss_value, n_tokens, n_targets = _train_step(cfg, inner, model, optimizer, accelerator, examples, plan[step],
                                                step, total_steps, tokenizer, kind, rank, world)
             if not math.isfinite(loss_value):
                 raise SkillMixError(f"loss became {loss_value} at step {step + 1}; stopped. The last good "
@@ -269,6 +269,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
             elapsed = time.time() - t0
             record = {"step": step + 1, "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0],
                       "step_time_s": round(elapsed, 4), "tokens_per_s": round(n_tokens / elapsed, 1),
+                      "target_tokens": n_targets,
                       "gumbel_temperature": _temperature(cfg, step, total_steps)}
             log.append(record)
             bar.update(1)
@@ -325,11 +326,13 @@ def _train_step(cfg, inner, model, optimizer, accelerator, examples, indices, st
     micro_batches = [chosen[i:i + micro] for i in range(0, len(chosen), micro)]
     total_tokens = sum(len(ex.target_ids[0]) + (kind == "causal") for ex in chosen)  # + EOS for causal
     loss_sum = torch.zeros(())
+    seen_tokens = 0  # every non-padding token this process ran through the model
     for k, mb in enumerate(micro_batches):
         shard = mb[rank::world]
         if not shard:
             continue
         batch = collate(shard)
+        seen_tokens += int(batch["attention_mask"].sum()) + (int((batch["labels"] != -100).sum()) if kind == "seq2seq" else 0)
         inputs = {key: value.to(accelerator.device) for key, value in model_inputs(batch, inner.adapter_config.uses_task_ids).items()}
         sync = k == len(micro_batches) - 1
         ctx = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
@@ -345,5 +348,5 @@ def _train_step(cfg, inner, model, optimizer, accelerator, examples, indices, st
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     loss_total = accelerator.reduce(loss_sum.to(accelerator.device), reduction="sum").item() if world > 1 else loss_sum.item()
-    return loss_total, total_tokens
+    return loss_total, seen_tokens * world, total_tokens
 
