@@ -1,0 +1,301 @@
+"""Shared pieces of the benchmarks: base models, parameter-matched method configs, timing and memory.
+
+Not part of the library or of the test suite. Every benchmark builds ONE base model and gives
+every method its own module tree that shares the frozen base weights (``share_base``), so all
+methods live in one process at once and can be timed round-robin.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.join(ROOT, "src") not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, os.path.join(ROOT, "src"))
+
+from skillmix import SkillMixConfig, get_model  # noqa: E402
+
+SKILLMIX_METHODS = ("lora", "molora", "molora_sd", "mode", "poly", "mhr", "orchmoe")
+PEFT_METHODS = ("peft_lora", "peft_poly", "peft_mhr")
+ALL_METHODS = SKILLMIX_METHODS + PEFT_METHODS
+MODELS = {"tiny-llama": "tiny-llama", "smollm2": "SmolLM2-135M-Instruct"}
+N_TASKS = 8  # rows of Poly/MHR's allocation table in the benchmarks
+
+# Parameter-matched configurations: trainable parameters close to LoRA r=8 on q_proj, v_proj
+# (per adapted layer d_in=P, d_out=Q; LoRA r=8 has 8(P+Q)). See docs/performance.md for the counts.
+#   molora    E=4, r=2   : 8(P+Q) + 4P            (same adapter rank E*r = 8 as LoRA, plus the router)
+#   molora_sd m=2, r=5   : 5P + 10Q + 2P
+#   mode      m=2, r=3, p=1 (rank-one experts): 3P + 6Q + 6P
+#   poly/mhr  S=4, r=2   : 8(P+Q) + n_tasks*h*S
+#   orchmoe   S=4, r=2, N=4 : 8(P+Q) + N*S per layer + the task router d_model*d_k + N*d_k
+MATCHED: dict[str, dict[str, Any]] = {
+    "lora": dict(r=8),
+    "molora": dict(num_experts=4, r=2),
+    "molora_sd": dict(num_experts=2, r=5),
+    "mode": dict(num_experts=2, r=3, expert_rank=1),
+    "poly": dict(n_skills=4, r=2, n_tasks=N_TASKS),
+    "mhr": dict(n_skills=4, r=2, n_tasks=N_TASKS, n_splits=4),
+    "orchmoe": dict(n_skills=4, r=2, n_abstract_tasks=4),
+    "peft_lora": dict(r=8),
+    "peft_poly": dict(n_skills=4, r=2, n_tasks=N_TASKS, n_splits=1),
+    "peft_mhr": dict(n_skills=4, r=2, n_tasks=N_TASKS, n_splits=4),
+}
+
+
+# ---------------------------------------------------------------------------------------------- machine
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import peft
+        import transformers
+
+        info["transformers"], info["peft"] = transformers.__version__, peft.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        info["load_avg"] = os.getloadavg()
+    except OSError:  # pragma: no cover
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- models
+def load_base(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """(model, tokenizer) for 'tiny-llama' or 'smollm2' (or any path/hub id skillmix.hub accepts)."""
+    name = MODELS.get(name, name)
+    try:
+        from skillmix.hub import load_base_model
+    except ImportError:  # hub.py missing: the tiny model from a config, SmolLM2 from the prepared cache
+        load_base_model = None
+    if load_base_model is not None:
+        model, tok, _ = load_base_model(name, dtype=dtype, device=device)
+    elif name == "tiny-llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=260, hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=512, pad_token_id=0, bos_token_id=1,
+                                             eos_token_id=2, tie_word_embeddings=False))
+        tok = None
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = os.path.expanduser(f"~/.cache/skillmix/models/{name}") if "/" not in name else name
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(path)
+    model = model.to(device=device, dtype=dtype).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tok
+
+
+def share_base(base: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the module tree whose parameters ARE the base's parameters (no weight copy)."""
+    memo = {id(p): p for p in base.parameters()}
+    return copy.deepcopy(base, memo)
+
+
+def skillmix_config(method: str, **overrides) -> SkillMixConfig:
+    kwargs = dict(MATCHED[method])
+    kwargs.update(overrides)
+    return SkillMixConfig(method=method, **kwargs)
+
+
+def peft_config(name: str, **overrides):
+    from peft import LoraConfig, PolyConfig
+
+    kwargs = dict(MATCHED[name])
+    kwargs.update(overrides)
+    targets = kwargs.pop("target_modules", ["q_proj", "v_proj"])
+    if name == "peft_lora":
+        return LoraConfig(task_type="CAUSAL_LM", target_modules=targets, lora_alpha=kwargs["r"], lora_dropout=0.0, **kwargs)
+    return PolyConfig(task_type="CAUSAL_LM", target_modules=targets, **kwargs)
+
+
+def describe(name: str, **overrides) -> str:
+    kw = dict(MATCHED[name])
+    kw.update(overrides)
+    return ", ".join(f"{k}={v}" for k, v in kw.items())
+
+
+@dataclass
+class Variant:
+    """One model under test: how to call it, its trainable parameters."""
+
+    name: str
+    model: torch.nn.Module
+    extra_inputs: dict[str, Any] = field(default_factory=dict)  # task_ids for poly/mhr
+    config: str = ""
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+def build_variant(name: str, base: torch.nn.Module, batch_size: int, init_nonzero: bool = True,
+                  seed: int = 0, **overrides) -> Variant:
+    """A skillmix or PEFT model on a weight-sharing copy of `base`. init_nonzero: B not zero (realistic routing)."""
+    torch.manual_seed(seed)
+    device = next(base.parameters()).device
+    task_ids = torch.arange(batch_size, device=device) % N_TASKS
+    if name.startswith("peft_"):
+        from peft import get_peft_model
+
+        cfg = peft_config(name, **overrides)
+        if init_nonzero:
+            if name == "peft_lora":
+                cfg.init_lora_weights = False
+            else:
+                cfg.init_weights = False
+        model = get_peft_model(share_base(base), cfg)
+        extra = {} if name == "peft_lora" else {"task_ids": task_ids}
+    else:
+        cfg = skillmix_config(name, init_weights=not init_nonzero, **overrides)
+        model = get_model(share_base(base), cfg)
+        extra = {"task_ids": task_ids} if cfg.uses_task_ids else {}
+    return Variant(name, model, extra, describe(name, **overrides))
+
+
+def make_batch(vocab_size: int, batch_size: int, seq_len: int, device="cpu", seed: int = 1) -> dict[str, torch.Tensor]:
+    """Random token ids; the first half of each row is the prompt (labels -100), the rest the target."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab_size, (batch_size, seq_len), generator=g)
+    labels = ids.clone()
+    labels[:, : seq_len // 2] = -100
+    mask = torch.ones_like(ids)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def round_robin(fns: dict[str, Callable[[], None]], warmup: int, reps: int, device="cpu",
+                log: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+    """Call every fn once per repetition (order rotated each repetition); seconds of the timed repetitions."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for rep in range(warmup + reps):
+        k = rep % len(names)
+        order = names[k:] + names[:k]
+        for n in order:
+            sync(device)
+            t0 = time.perf_counter()
+            fns[n]()
+            sync(device)
+            dt = time.perf_counter() - t0
+            if rep >= warmup:
+                times[n].append(dt)
+            if log:
+                log(f"  rep {rep}{' (warm-up)' if rep < warmup else ''} {n}: {dt * 1000:.1f} ms")
+    return times
+
+
+# ---------------------------------------------------------------------------------------------- memory
+class TensorMemory(TorchDispatchMode):
+    """Peak bytes of live tensor storages created while active (CPU or GPU; no allocator needed).
+
+    Every op output's storage is counted once when it first appears and released by a weakref
+    finalizer when the storage dies, so `peak` is the high-water mark of tensor memory allocated
+    during the block (activations saved for backward, gradients, optimizer temporaries). Kernel-internal
+    scratch buffers that never become tensors are not seen.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._seen: dict[int, int] = {}
+
+    def _release(self, key: int, nbytes: int) -> None:
+        if self._seen.pop(key, None) is not None:
+            self.current -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and not t.is_meta:
+                try:
+                    st = t.untyped_storage()
+                except (RuntimeError, NotImplementedError):
+                    continue
+                key = id(st)
+                if key in self._seen:
+                    continue
+                nbytes = st.nbytes()
+                self._seen[key] = nbytes
+                self.current += nbytes
+                self.peak = max(self.peak, self.current)
+                weakref.finalize(st, self._release, key, nbytes)
+        return out
+
+
+def static_bytes(*tensor_groups) -> int:
+    """Bytes of the distinct storages among the given tensors (weights, buffers, optimizer state)."""
+    seen, total = set(), 0
+    for group in tensor_groups:
+        for t in group:
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = t.untyped_storage()
+            key = st.data_ptr()
+            if key in seen or st.nbytes() == 0:
+                continue
+            seen.add(key)
+            total += st.nbytes()
+    return total
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer):
+    for state in opt.state.values():
+        for v in state.values():
+            if isinstance(v, torch.Tensor):
+                yield v
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def run_subprocess(args: list[str]) -> str:
+    return subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True).stdout
+
+
+def fmt_table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
