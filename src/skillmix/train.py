@@ -24,7 +24,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .config import SkillMixConfig
-from .data import Collator, encode_examples, load_multitask_data, model_inputs
+from .data import OFFICIAL, Collator, encode_examples, load_multitask_data, model_inputs
 from .errors import SkillMixError
 from .io import atomic_save_safetensors, atomic_torch_save, atomic_write_text
 from .model import SkillMixModel, get_model
@@ -45,6 +45,10 @@ class TrainConfig:
     output_dir: str = "runs/run"
     data_dir: str | None = None
     tasks: int | list[str] = 10  # N random tasks (seeded by data_seed) or a list of task names
+    # Task-level split (docs/unseen.md): a fraction of the `tasks` pool (stratified by category), a list
+    # of task names, or "official"; unseen tasks never enter training. None: every task is seen.
+    unseen_tasks: float | list[str] | str | None = None
+    unseen_categories: list[str] | None = None  # also hold out every task of these categories
     data_seed: int = 0  # task choice and instance split; fixed across training seeds
     seed: int = 0  # adapter init, data order, Gumbel noise
     n_test: int = 10  # held-out instances per task
@@ -84,6 +88,20 @@ class TrainConfig:
             bad("warmup_ratio", "a float in [0, 1)")
         if not isinstance(self.tasks, (int, list)) or (isinstance(self.tasks, int) and self.tasks < 1):
             bad("tasks", "a positive number of random tasks or a list of task names")
+        if isinstance(self.unseen_tasks, str):
+            self.unseen_tasks = [self.unseen_tasks]
+        if self.unseen_tasks == [OFFICIAL]:
+            self.unseen_tasks = OFFICIAL
+        unseen = self.unseen_tasks
+        if not (unseen is None or unseen == OFFICIAL
+                or (isinstance(unseen, float) and 0 < unseen < 1)
+                or (isinstance(unseen, list) and unseen and all(isinstance(n, str) for n in unseen))):
+            bad("unseen_tasks", f"a fraction in (0, 1), a list of task names or '{OFFICIAL}'")
+        if isinstance(self.unseen_categories, str):
+            self.unseen_categories = [self.unseen_categories]
+        if self.unseen_categories is not None and not (
+                self.unseen_categories and all(isinstance(c, str) for c in self.unseen_categories)):
+            bad("unseen_categories", "a list of SuperNI category names")
         self.adapter_config()  # validates method and adapter fields
 
     def adapter_config(self, n_tasks: int = 1) -> SkillMixConfig:
@@ -123,12 +141,14 @@ class TrainConfig:
 
 # ---- data -------------------------------------------------------------------------------------------
 def load_data(cfg: TrainConfig):
-    """The run's tasks and per-task train/test split (depends only on data options and data_seed)."""
+    """The run's (seen) tasks and per-task train/test split, and `data.unseen` when the run holds tasks
+    out (depends only on data options and data_seed)."""
     names = cfg.tasks if isinstance(cfg.tasks, list) else None
     num = cfg.tasks if isinstance(cfg.tasks, int) else None
     return load_multitask_data(cfg.data_dir, names=names, num_tasks=num, seed=cfg.data_seed, n_test=cfg.n_test,
                                n_train=None, max_instances=None if cfg.max_train_instances is None
-                               else cfg.max_train_instances + cfg.n_test)
+                               else cfg.max_train_instances + cfg.n_test,
+                               unseen=cfg.unseen_tasks, unseen_categories=cfg.unseen_categories)
 
 
 def encode(cfg: TrainConfig, data, split: str, tokenizer, kind: str):
@@ -229,6 +249,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
         return json.loads((out / SUMMARY).read_text())  # finished already
 
     data = load_data(cfg)
+    if data.task_split and accelerator.is_main_process:
+        print(data.task_split["text"])
     base_model, tokenizer, kind = base if base is not None else load_base_model(cfg.model)
     examples, truncation = encode(cfg, data, "train", tokenizer, kind)
     torch.manual_seed(cfg.seed)
@@ -255,6 +277,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process and start == 0:
         metrics_path.write_text("")
+    board = _tensorboard(out) if accelerator.is_main_process else None
     bar = tqdm(total=total_steps, initial=start, desc=f"train {cfg.method}", disable=not accelerator.is_main_process)
     t_start, step = time.time(), start
     try:
@@ -277,6 +300,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
             if accelerator.is_main_process and (step + 1) % cfg.logging_steps == 0:
                 with open(metrics_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
+                if board is not None:
+                    for key in ("loss", "lr", "tokens_per_s", "gumbel_temperature"):
+                        board.add_scalar(f"train/{key}", record[key], step + 1)
             if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total_steps:
                 if accelerator.is_main_process:
                     save_checkpoint(out, inner, optimizer, scheduler, step + 1, log)
@@ -290,6 +316,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
         raise
     finally:
         bar.close()
+        if board is not None:
+            board.close()
 
     wall = time.time() - t_start
     summary = {
@@ -301,12 +329,24 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
         "final_loss": log[-1]["loss"] if log else None, "world_size": world,
         "adapter_config": inner.adapter_config.to_dict(),
     }
+    if data.unseen is not None:  # instances of these tasks never entered training
+        summary["unseen_tasks"] = data.unseen.task_names
+        summary["task_split"] = {k: v for k, v in data.task_split.items() if k != "text"}
     if accelerator.is_main_process:
         inner.save_pretrained(out)
         atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     accelerator.wait_for_everyone()
     return summary
+
+
+def _tensorboard(out: Path):
+    """A TensorBoard writer into OUT/tensorboard when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _temperature(cfg: TrainConfig, step: int, total: int) -> float:
