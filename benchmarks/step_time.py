@@ -154,7 +154,9 @@ def main(argv=None) -> None:
     p.add_argument("--memory", choices=("tensor", "rss", "none"), default="tensor")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads; default 1 on CPU (a shared 2-core machine: with 2 OpenMP threads a "
+                        "step stalls whenever another process takes a core), torch's choice on GPU")
     p.add_argument("--quick", action="store_true",
                    help="smoke run in < 1 minute: tiny-llama 8 x 256 (2+5 steps), SmolLM2 2 x 64 (1+2 steps)")
     p.add_argument("--json", default=None, help="write {'results': [...], 'machine': ..., 'args': ...} here")
@@ -162,6 +164,8 @@ def main(argv=None) -> None:
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--_rss-child", dest="rss_child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.threads is None and args.device == "cpu":
+        args.threads = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.rss_child:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.distributions import RelaxedBernoulli
+from torch.distributions.utils import clamp_probs
 
 EPS = 1e-12  # as PEFT's Poly router
 
@@ -23,6 +24,27 @@ class RoutingContext:
     task_weights: torch.Tensor | None = None  # [B, N] OrchMoE task-router output, fixed for a sequence
     record: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> last routing tensor (detached)
     aux_losses: list[torch.Tensor] = field(default_factory=list)  # load-balancing terms of the last forward
+    cache: dict[str, tuple] = field(default_factory=dict)  # name -> (key, value), see `cached`
+
+    def cached(self, name: str, key: tuple, compute):
+        """`compute()`, reused for the same `key` while autograd is off (eval forward, generation).
+
+        A per-sequence layer's mixing weights depend only on the routing input (task ids or task
+        weights: the same tensor object for a whole `generate` call) and on its parameters, so during
+        generation they are computed once per layer instead of once per layer and decoding step.
+        Callers put the routing tensor and their parameters' versions in `key`; tensors are compared by
+        identity, everything else by value. `reset()` (every SkillMixModel forward/generate) clears it.
+        """
+        if torch.is_grad_enabled():
+            return compute()
+        entry = self.cache.get(name)
+        if entry is not None and len(entry[0]) == len(key) and all(
+                (a is b) if isinstance(a, torch.Tensor) else (type(a) is type(b) and a == b)
+                for a, b in zip(entry[0], key)):
+            return entry[1]
+        value = compute()
+        self.cache[name] = (key, value)
+        return value
 
     def per_example(self, value: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Expand a per-sequence tensor [B, ...] to a batch of `batch_size` rows (beams, sampled copies)."""
@@ -36,10 +58,27 @@ class RoutingContext:
         self.task_ids = None
         self.task_weights = None
         self.aux_losses = []
+        self.cache = {}
 
 
 def relaxed_bernoulli(logits: torch.Tensor, temperature: float, training: bool) -> torch.Tensor:
-    """Gumbel-sigmoid sample in training (same draw as PEFT's Poly router), sigmoid in eval."""
+    """Gumbel-sigmoid sample in training (same draw as PEFT's Poly router), sigmoid in eval.
+
+    The training draw is `RelaxedBernoulli(temperature, logits=logits).rsample()` written out op by op
+    (the same uniforms from the same `torch.rand` call, the same clamping), without building a
+    Distribution object per layer and forward (argument validation made that the slowest part).
+    """
+    if not training:
+        return torch.sigmoid(logits)
+    probs = clamp_probs(torch.sigmoid(logits))
+    uniforms = clamp_probs(torch.rand(logits.shape, dtype=probs.dtype, device=probs.device))
+    x = (uniforms.log() - (-uniforms).log1p() + probs.log() - (-probs).log1p()) / temperature
+    finfo = torch.finfo(x.dtype)
+    return torch.clamp(torch.sigmoid(x), min=finfo.tiny, max=1.0 - finfo.eps)
+
+
+def relaxed_bernoulli_reference(logits: torch.Tensor, temperature: float, training: bool) -> torch.Tensor:
+    """relaxed_bernoulli through torch.distributions (kept to check the fast version against)."""
     if training:
         return RelaxedBernoulli(temperature=temperature, logits=logits).rsample()
     return torch.sigmoid(logits)

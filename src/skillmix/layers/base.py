@@ -67,14 +67,56 @@ class AdapterLayer(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} routes per token and cannot be collapsed into one LoRA")
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        result = self.base_layer(x, *args, **kwargs)
         if self.disabled:
-            return result
-        dtype = next(self._adapter_parameters()).dtype
+            return self.base_layer(x, *args, **kwargs)
+        if not args and not kwargs and self._fast_path_ok(x):
+            return self.fused_forward(x)
+        result = self.base_layer(x, *args, **kwargs)
+        dtype = self.lora_A.dtype
         squeeze = x.dim() == 2
         h = x.unsqueeze(1) if squeeze else x  # adapters see [B, T, d_in]
         delta = self.delta(h.to(dtype))
         return result + (delta.squeeze(1) if squeeze else delta).to(result.dtype)
+
+    # ---- fast path -------------------------------------------------------------------------------
+    # The reference computation above materialises delta [B, T, d_out], scales it and adds it to the
+    # base output: three passes over a [B*T, d_out] tensor (and their gradients) per adapted layer.
+    # The fast path computes the same sum with the last (up-)projection accumulated straight into the
+    # base output (BLAS beta=1: addmm/baddbmm), the scaling folded into that matmul's alpha, and token
+    # routers fused with the shared down-projection into one matmul over x.
+
+    def _fast_path_ok(self, x: torch.Tensor) -> bool:
+        """Same dtype as the adapter, a contiguous [..., d_in] input, a plain linear base layer."""
+        return (x.dim() in (2, 3) and x.dtype == self.lora_A.dtype and x.is_contiguous()
+                and isinstance(self.base_layer, (nn.Linear, Conv1D) if Conv1D else nn.Linear))
+
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """base(x) + delta(x) for an input accepted by `_fast_path_ok`; subclasses override it."""
+        result = self.base_layer(x)
+        squeeze = x.dim() == 2
+        delta = self.delta(x.unsqueeze(1) if squeeze else x)
+        return result + (delta.squeeze(1) if squeeze else delta)
+
+    def base_flat(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x as [N, d_in], base output [N, d_out]) for a contiguous x [..., d_in]."""
+        x2 = x.view(-1, self.in_features)
+        return x2, self.base_layer(x2)
+
+    @staticmethod
+    def accumulate_(result: torch.Tensor, h: torch.Tensor, up_t: torch.Tensor, alpha: float) -> torch.Tensor:
+        """result + alpha * h @ up_t, written into `result` when that is safe for autograd.
+
+        2-D: h [N, R], up_t [R, d_out]; 3-D (per-example factors): h [B, T, R], up_t [B, R, d_out].
+        In place only on a fresh base output (not a view, not a leaf that requires grad): the backward of
+        a linear layer needs its inputs, not its output, so overwriting the output is safe.
+        """
+        inplace = not result._is_view() and not (result.requires_grad and result.is_leaf)
+        if result.dim() == 2:
+            return result.addmm_(h, up_t, alpha=alpha) if inplace else torch.addmm(result, h, up_t, alpha=alpha)
+        return result.baddbmm_(h, up_t, alpha=alpha) if inplace else torch.baddbmm(result, h, up_t, alpha=alpha)
+
+    def dropout_is_identity(self) -> bool:
+        return isinstance(self.dropout, nn.Identity) or not self.training
 
     def _adapter_parameters(self):
         return (p for n, p in self.named_parameters() if not n.startswith("base_layer."))

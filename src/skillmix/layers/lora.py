@@ -20,5 +20,10 @@ class LoRALayer(AdapterLayer):
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
 
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2, result = self.base_flat(x)
+        u = F.linear(self.dropout(x2), self.lora_A)  # [N, r]
+        return self.accumulate_(result, u, self.lora_B.t(), self.scaling).view(*x.shape[:-1], self.out_features)
+
     def lora_factors(self, **routing) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_A, self.lora_B * self.scaling

@@ -31,6 +31,29 @@ class MoDELayer(AdapterLayer):
             init_uniform_(self.lora_B.data, r)
         self.router = nn.Parameter(torch.randn(self.groups, m, d_in) * 0.02)  # W_R [G, m, d_in], no bias
 
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One matmul over x for the shared down-projection and all routers: [N, r + G*m].
+        g, m, p, r = self.groups, self.num_experts, self.p, self.r
+        lead = x.shape[:-1]
+        x2, result = self.base_flat(x)
+        router = self.router.reshape(g * m, -1)
+        if self.dropout_is_identity():
+            z = F.linear(x2, torch.cat([self.lora_A, router]))
+            u, logits = z[:, :r], z[:, r:]
+        else:
+            u, logits = F.linear(self.dropout(x2), self.lora_A), F.linear(x2, router)
+        probs = token_router_probs(logits.unflatten(-1, (g, m)), self.top_k)  # [N, G, m], softmax per group
+        self.context.record[self.name] = probs.detach().view(*(lead if len(lead) == 2 else (lead[0], 1)), g, m)
+        if self.balance_coef > 0 and self.training:
+            self.context.aux_losses.append(self.balance_coef * load_balancing_loss(probs))
+        gated = (probs.to(u.dtype).unsqueeze(-1) * u.unflatten(-1, (g, 1, p))).flatten(-3)  # [N, G*m*p]
+        return self.accumulate_(result, gated, self._up().t(), self.scaling).view(*lead, self.out_features)
+
+    def _up(self) -> torch.Tensor:
+        """Up-projections as one [d_out, G*m*p] matrix, columns ordered (group, expert, position)."""
+        g, m, p = self.groups, self.num_experts, self.p
+        return self.lora_B.unflatten(-1, (g, p)).permute(1, 2, 0, 3).reshape(self.out_features, g * m * p)
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         g, m, p = self.groups, self.num_experts, self.p
         logits = F.linear(x, self.router.reshape(g * m, -1)).unflatten(-1, (g, m))  # [B, T, G, m]
@@ -40,5 +63,4 @@ class MoDELayer(AdapterLayer):
             self.context.aux_losses.append(self.balance_coef * load_balancing_loss(probs))
         u = F.linear(self.dropout(x), self.lora_A).unflatten(-1, (g, 1, p))  # [B, T, G, 1, p]
         gated = (probs.to(u.dtype).unsqueeze(-1) * u).flatten(-3)  # [B, T, G*m*p]
-        up = self.lora_B.unflatten(-1, (g, p)).permute(1, 2, 0, 3).reshape(self.out_features, g * m * p)
-        return F.linear(gated, up) * self.scaling
+        return F.linear(gated, self._up()) * self.scaling

@@ -25,6 +25,28 @@ class MoLoRALayer(AdapterLayer):
             init_uniform_(self.lora_B.data, r)
         self.router = nn.Parameter(torch.randn(e, d_in) * 0.02)  # W_g [E, d_in], no bias
 
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One matmul over x for the down-projections of all experts and the router logits.
+        e, r = self.num_experts, self.r
+        x2, result = self.base_flat(x)
+        down = self.lora_A.reshape(e * r, -1)
+        if self.dropout_is_identity():
+            z = F.linear(x2, torch.cat([down, self.router]))  # [N, E*r + E]
+            u, logits = z[:, : e * r], z[:, e * r:]
+        else:
+            u, logits = F.linear(self.dropout(x2), down), F.linear(x2, self.router)
+        probs = self._route(logits, x.shape[:-1])  # [N, E]
+        gated = (u.unflatten(-1, (e, r)) * probs.to(u.dtype).unsqueeze(-1)).flatten(-2)  # [N, E*r]
+        up = self.lora_B.permute(1, 0, 2).reshape(self.out_features, e * r)  # [d_out, E*r], as in delta
+        return self.accumulate_(result, gated, up.t(), self.scaling).view(*x.shape[:-1], self.out_features)
+
+    def _route(self, logits: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+        probs = token_router_probs(logits, self.top_k)
+        self.context.record[self.name] = probs.detach().view(*lead, -1) if len(lead) == 2 else probs.detach().view(lead[0], 1, -1)
+        if self.balance_coef > 0 and self.training:
+            self.context.aux_losses.append(self.balance_coef * load_balancing_loss(probs))
+        return probs
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         e, r = self.num_experts, self.r
         probs = token_router_probs(F.linear(x, self.router), self.top_k)  # [B, T, E]

@@ -48,11 +48,22 @@ class OrchMoELayer(AdapterLayer):
         equation = "bn,bns->bs" if z.dim() == 3 else "bn,ns->bs"
         return torch.einsum(equation, task_weights.to(z.dtype), z)
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        if self.context.task_weights is None:
+    def routed_skill_weights(self, batch_size: int) -> torch.Tensor:
+        """alpha [batch_size, S] from the context's task weights; recorded; cached while generating."""
+        ctx = self.context
+        if ctx.task_weights is None:
             raise SkillMixError("orchmoe layer has no task weights: call the SkillMixModel, not the base model")
-        alpha = self.skill_weights(self.context.per_example(self.context.task_weights, x.shape[0]))  # [B, S]
-        self.context.record[self.name] = alpha.detach()
+        if self.training:
+            alpha = self.skill_weights(ctx.per_example(ctx.task_weights, batch_size))
+        else:
+            theta = self.allocation_logits
+            key = (ctx.task_weights, ctx.task_weights._version, batch_size, -1 if theta is None else theta._version)
+            alpha = ctx.cached(self.name, key, lambda: self.skill_weights(ctx.per_example(ctx.task_weights, batch_size)))
+        ctx.record[self.name] = alpha.detach()
+        return alpha
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = self.routed_skill_weights(x.shape[0])  # [B, S]
         s, r, h = self.n_skills, self.r, self.dropout(x)
         if self.mix == "output":
             u = F.linear(h, self.lora_A.reshape(s * r, -1)).unflatten(-1, (s, r))  # [B, T, S, r]
@@ -61,6 +72,33 @@ class OrchMoELayer(AdapterLayer):
         a = torch.einsum("bs,srd->brd", alpha, self.lora_A)  # [B, r, d_in]
         b = torch.einsum("bs,sor->bor", alpha, self.lora_B)  # [B, d_out, r]
         return h.bmm(a.transpose(1, 2)).bmm(b.transpose(1, 2)) * self.scaling
+
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, r = self.n_skills, self.r
+        bsz = x.shape[0]
+        alpha = self.routed_skill_weights(bsz)  # [B, S]
+        if self.mix == "output":
+            # a rank-(S*r) LoRA with the per-example skill weights applied in rank space: [N, S*r]
+            x2, result = self.base_flat(x)
+            u = F.linear(self.dropout(x2), self.lora_A.reshape(s * r, -1))
+            gated = (u.view(bsz, -1, s, r) * alpha[:, None, :, None].to(u.dtype)).view(-1, s * r)
+            return self.accumulate_(result, gated, self._up().t(), self.scaling).view(*x.shape[:-1], self.out_features)
+        # poly mix: per-example A [B, d_in, r] and B [B, r, d_out], cached while generating
+        a, b = self._mixed(alpha)
+        x3 = x.unsqueeze(1) if x.dim() == 2 else x
+        result = self.base_layer(x3)
+        out = self.accumulate_(result, self.dropout(x3).bmm(a), b, self.scaling)
+        return out.squeeze(1) if x.dim() == 2 else out
+
+    def _mixed(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def compute():
+            a = torch.einsum("bs,srd->bdr", alpha, self.lora_A)  # [B, d_in, r]
+            b = torch.einsum("bs,sor->bro", alpha, self.lora_B)  # [B, r, d_out]
+            return a, b
+        if self.training:
+            return compute()
+        key = (alpha, self.lora_A._version, self.lora_B._version)
+        return self.context.cached(self.name + ".factors", key, compute)
 
     def _up(self) -> torch.Tensor:
         return self.lora_B.permute(1, 0, 2).reshape(self.out_features, -1)  # [d_out, S*r]

@@ -32,8 +32,11 @@ class PolyLayer(AdapterLayer):
 
     def skill_weights(self, task_ids: torch.Tensor) -> torch.Tensor:
         """task_ids [B] -> normalised skill weights [B, h, S]."""
-        if task_ids.max().item() >= self.n_tasks or task_ids.min().item() < 0:
-            raise SkillMixError(f"task_ids must lie in [0, n_tasks={self.n_tasks}), got {task_ids.tolist()}")
+        checked = self.context.cache.get("poly.checked_task_ids")
+        if checked is None or checked[0] is not task_ids or checked[1] != task_ids._version or checked[2] != self.n_tasks:
+            if task_ids.max().item() >= self.n_tasks or task_ids.min().item() < 0:
+                raise SkillMixError(f"task_ids must lie in [0, n_tasks={self.n_tasks}), got {task_ids.tolist()}")
+            self.context.cache["poly.checked_task_ids"] = (task_ids, task_ids._version, self.n_tasks)  # once per forward
         logits = self.allocation_logits[task_ids.to(self.allocation_logits.device)]
         logits = logits.view(-1, self.n_splits, self.n_skills)
         return normalise_rows(relaxed_bernoulli(logits, self.temperature, self.training))
@@ -45,13 +48,35 @@ class PolyLayer(AdapterLayer):
         b = torch.einsum("bhs,hsrd->bhrd", weights, self.lora_B).transpose(1, 2).reshape(bsz, self.r, self.out_features)
         return a, b
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        if self.context.task_ids is None:
+    def routed_factors(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example (A, B) for the context's task ids; recorded; computed once per layer while generating."""
+        ctx = self.context
+        if ctx.task_ids is None:
             raise SkillMixError("method 'poly'/'mhr' needs task_ids (LongTensor [B]) in forward/generate")
-        weights = self.skill_weights(self.context.per_example(self.context.task_ids, x.shape[0]))
-        self.context.record[self.name] = weights.detach()
-        a, b = self.mixed_factors(weights.to(x.dtype))
+
+        def compute():
+            weights = self.skill_weights(ctx.per_example(ctx.task_ids, batch_size))
+            return weights, *self.mixed_factors(weights.to(dtype))
+
+        if self.training:
+            weights, a, b = compute()
+        else:
+            key = (ctx.task_ids, ctx.task_ids._version, batch_size, dtype, self.allocation_logits._version,
+                   self.lora_A._version, self.lora_B._version)
+            weights, a, b = ctx.cached(self.name, key, compute)
+        ctx.record[self.name] = weights.detach()
+        return a, b
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.routed_factors(x.shape[0], x.dtype)
         return self.dropout(x).bmm(a).bmm(b) * self.scaling
+
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        x3 = x.unsqueeze(1) if x.dim() == 2 else x
+        a, b = self.routed_factors(x3.shape[0], x3.dtype)
+        result = self.base_layer(x3)  # [B, T, d_out]; B A accumulated into it per example (baddbmm)
+        out = self.accumulate_(result, self.dropout(x3).bmm(a), b, self.scaling)
+        return out.squeeze(1) if x.dim() == 2 else out
 
     def lora_factors(self, task_id: int, **_) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.tensor([task_id], device=self.allocation_logits.device)

@@ -1,0 +1,96 @@
+"""Forward + backward time of ONE adapted linear layer, fused fast path vs the reference computation.
+
+The layer wraps a frozen nn.Linear(d_in, d_out) (default: SmolLM2-135M's q_proj, 576 -> 576) and
+sees x [B, T, d_in] that requires grad, as inside a model. For every method two layers with the same
+weights are timed round-robin in one process: `fast` (the library's fused path) and `ref` (the
+reference `delta(x)` computation: materialise delta, scale, add), plus the bare base layer; the
+column "adapter ms" is the time over the bare base layer.
+
+    python benchmarks/layer_time.py                       # parameter-matched configs, 8 x 256
+    python benchmarks/layer_time.py --d-out 192           # SmolLM2's v_proj
+    python benchmarks/layer_time.py --json layer.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+from skillmix.layers import LAYERS  # noqa: E402
+from skillmix.routing import RoutingContext  # noqa: E402
+
+
+def build_layers(methods, d_in, d_out, bsz, overrides=None, reference=True):
+    ctx = RoutingContext()
+    ctx.task_ids = torch.arange(bsz) % common.N_TASKS
+    ctx.task_weights = torch.softmax(torch.randn(bsz, 4, generator=torch.Generator().manual_seed(3)), -1)
+    base = torch.nn.Linear(d_in, d_out, bias=False)
+    base.weight.requires_grad_(False)
+    layers = {"base": base}
+    for m in methods:
+        cfg = common.skillmix_config(m, init_weights=False, target_modules=["x"], **(overrides or {}).get(m, {}))
+        for variant in ("fast", "ref") if reference else ("fast",):
+            torch.manual_seed(1)
+            layer = LAYERS[m](base, cfg, ctx, m).train()
+            if variant == "ref":
+                layer._fast_path_ok = lambda x: False  # force the reference computation
+            layers[f"{m}:{variant}"] = layer
+    return layers
+
+
+def time_layers(layers, x, grad, warmup, reps):
+    def fn(layer):
+        def f():
+            x.grad = None
+            for p in layer.parameters():
+                p.grad = None
+            layer(x).backward(grad)
+        return f
+    times = common.round_robin({k: fn(v) for k, v in layers.items()}, warmup, reps)
+    return {k: 1000 * common.median(v) for k, v in times.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default=",".join(common.SKILLMIX_METHODS))
+    p.add_argument("--d-in", type=int, default=576)
+    p.add_argument("--d-out", type=int, default=576)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--reps", type=int, default=40)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    methods = [m for m in args.methods.split(",") if m]
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, args.seq_len, args.d_in, requires_grad=True)
+    grad = torch.randn(args.batch_size, args.seq_len, args.d_out)
+    layers = build_layers(methods, args.d_in, args.d_out, args.batch_size)
+    ms = time_layers(layers, x, grad, args.warmup, args.reps)
+    base = ms["base"]
+    rows, results = [], []
+    for m in methods:
+        fast, ref = ms[f"{m}:fast"], ms[f"{m}:ref"]
+        results.append({"name": m, "config": common.describe(m), "fast_ms": fast, "ref_ms": ref, "base_ms": base,
+                        "fast_adapter_ms": fast - base, "ref_adapter_ms": ref - base})
+        rows.append([m, common.describe(m), f"{base:.2f}", f"{ref:.2f}", f"{ref - base:.2f}", f"{fast:.2f}",
+                     f"{fast - base:.2f}", f"{(fast - base) / (ref - base):.2f}"])
+    m = common.machine_info()
+    print(f"one adapted Linear({args.d_in}, {args.d_out}), x [{args.batch_size}, {args.seq_len}, {args.d_in}], "
+          f"forward+backward, median of {args.reps}; {m['cpu']}, {args.threads} thread(s), torch {m['torch']}")
+    print(common.fmt_table(rows, ["method", "config", "base ms", "ref ms", "ref adapter ms", "fast ms",
+                                  "fast adapter ms", "fast/ref adapter"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"results": results, "machine": m, "args": vars(args)}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
