@@ -108,8 +108,13 @@ def load_base(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tok = AutoTokenizer.from_pretrained(path)
     model = model.to(device=device, dtype=dtype).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.requires_grad_(False)
+            # Own memory for every weight (from_pretrained may leave them memory-mapped from the file):
+            # merged variants get copies of the weights, and decoding is bound by reading the weights,
+            # so base and copies must read from the same kind of memory to be comparable.
+            p.data = p.data.clone()
     return model, tok
 
 

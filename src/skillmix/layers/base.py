@@ -86,8 +86,10 @@ class AdapterLayer(nn.Module):
     # routers fused with the shared down-projection into one matmul over x.
 
     def _fast_path_ok(self, x: torch.Tensor) -> bool:
-        """Same dtype as the adapter, a contiguous [..., d_in] input, a plain linear base layer."""
+        """Same dtype as the adapter, a contiguous [..., d_in] input, a plain linear base layer, no autocast
+        (under autocast the base output's dtype differs from the adapter's, so nothing can accumulate into it)."""
         return (x.dim() in (2, 3) and x.dtype == self.lora_A.dtype and x.is_contiguous()
+                and not torch.is_autocast_enabled(x.device.type)
                 and isinstance(self.base_layer, (nn.Linear, Conv1D) if Conv1D else nn.Linear))
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,6 +116,15 @@ class AdapterLayer(nn.Module):
         if result.dim() == 2:
             return result.addmm_(h, up_t, alpha=alpha) if inplace else torch.addmm(result, h, up_t, alpha=alpha)
         return result.baddbmm_(h, up_t, alpha=alpha) if inplace else torch.baddbmm(result, h, up_t, alpha=alpha)
+
+    def derived(self, tag: str, compute, *params: torch.Tensor):
+        """compute() of weights derived from `params` (a concatenation, a permuted copy).
+
+        With autograd off (eval, generation) the result is kept in the routing context and reused
+        until one of `params` changes (identity or version) or the next SkillMixModel call resets it.
+        """
+        key = tuple(v for p in params for v in (p, p._version))
+        return self.context.cached(f"{self.name}.{tag}", key, compute)
 
     def dropout_is_identity(self) -> bool:
         return isinstance(self.dropout, nn.Identity) or not self.training

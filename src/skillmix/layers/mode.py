@@ -38,7 +38,7 @@ class MoDELayer(AdapterLayer):
         x2, result = self.base_flat(x)
         router = self.router.reshape(g * m, -1)
         if self.dropout_is_identity():
-            z = F.linear(x2, torch.cat([self.lora_A, router]))
+            z = F.linear(x2, self.derived("down_router", lambda: torch.cat([self.lora_A, router]), self.lora_A, self.router))
             u, logits = z[:, :r], z[:, r:]
         else:
             u, logits = F.linear(self.dropout(x2), self.lora_A), F.linear(x2, router)
@@ -47,7 +47,8 @@ class MoDELayer(AdapterLayer):
         if self.balance_coef > 0 and self.training:
             self.context.aux_losses.append(self.balance_coef * load_balancing_loss(probs))
         gated = (probs.to(u.dtype).unsqueeze(-1) * u.unflatten(-1, (g, 1, p))).flatten(-3)  # [N, G*m*p]
-        return self.accumulate_(result, gated, self._up().t(), self.scaling).view(*lead, self.out_features)
+        up = self.derived("up", self._up, self.lora_B)
+        return self.accumulate_(result, gated, up.t(), self.scaling).view(*lead, self.out_features)
 
     def _up(self) -> torch.Tensor:
         """Up-projections as one [d_out, G*m*p] matrix, columns ordered (group, expert, position)."""

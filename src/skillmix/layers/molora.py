@@ -31,13 +31,14 @@ class MoLoRALayer(AdapterLayer):
         x2, result = self.base_flat(x)
         down = self.lora_A.reshape(e * r, -1)
         if self.dropout_is_identity():
-            z = F.linear(x2, torch.cat([down, self.router]))  # [N, E*r + E]
+            w = self.derived("down_router", lambda: torch.cat([down, self.router]), self.lora_A, self.router)
+            z = F.linear(x2, w)  # [N, E*r + E]
             u, logits = z[:, : e * r], z[:, e * r:]
         else:
             u, logits = F.linear(self.dropout(x2), down), F.linear(x2, self.router)
         probs = self._route(logits, x.shape[:-1])  # [N, E]
         gated = (u.unflatten(-1, (e, r)) * probs.to(u.dtype).unsqueeze(-1)).flatten(-2)  # [N, E*r]
-        up = self.lora_B.permute(1, 0, 2).reshape(self.out_features, e * r)  # [d_out, E*r], as in delta
+        up = self.derived("up", lambda: self.lora_B.permute(1, 0, 2).reshape(self.out_features, e * r), self.lora_B)
         return self.accumulate_(result, gated, up.t(), self.scaling).view(*x.shape[:-1], self.out_features)
 
     def _route(self, logits: torch.Tensor, lead: torch.Size) -> torch.Tensor:

@@ -82,7 +82,8 @@ class OrchMoELayer(AdapterLayer):
             x2, result = self.base_flat(x)
             u = F.linear(self.dropout(x2), self.lora_A.reshape(s * r, -1))
             gated = (u.view(bsz, -1, s, r) * alpha[:, None, :, None].to(u.dtype)).view(-1, s * r)
-            return self.accumulate_(result, gated, self._up().t(), self.scaling).view(*x.shape[:-1], self.out_features)
+            up = self.derived("up", self._up, self.lora_B)
+            return self.accumulate_(result, gated, up.t(), self.scaling).view(*x.shape[:-1], self.out_features)
         # poly mix: per-example A [B, d_in, r] and B [B, r, d_out], cached while generating
         a, b = self._mixed(alpha)
         x3 = x.unsqueeze(1) if x.dim() == 2 else x
