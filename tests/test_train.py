@@ -149,3 +149,9 @@ def test_two_processes_match_one_process(tmp_path):
     assert json.loads((tmp_path / "two" / "train_summary.json").read_text())["world_size"] == 2
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+@pytest.mark.parametrize("method", ["lora", "mode", "orchmoe", "poly"])
+def test_bf16_mixed_precision_training(tmp_path, method):
+    summary = train(config(tmp_path, method=method, bf16=True, max_steps=2))
+    assert summary["steps"] == 2 and summary["final_loss"] == summary["final_loss"]  # finite, not NaN

@@ -216,9 +216,11 @@ def prepare_output_dir(cfg: TrainConfig, overwrite: bool, resume: bool) -> Path:
     if resume:
         if not (out / RUN_CONFIG).is_file():
             raise SkillMixError(f"--resume: {out} holds no {RUN_CONFIG}; nothing to resume")
-        saved = json.loads((out / RUN_CONFIG).read_text())
-        if saved != json.loads(json.dumps(cfg.to_dict())):
-            changed = sorted(k for k in saved if saved.get(k) != cfg.to_dict().get(k))
+        # options added since the run started take their defaults (older train_config.json files lack them)
+        saved = TrainConfig.from_dict(json.loads((out / RUN_CONFIG).read_text()), source=str(out / RUN_CONFIG))
+        saved, current = (json.loads(json.dumps(c.to_dict())) for c in (saved, cfg))
+        if saved != current:
+            changed = sorted(k for k in saved if saved.get(k) != current.get(k))
             raise SkillMixError(f"--resume: options differ from the run in {out} ({', '.join(changed)})")
         return out
     if out.exists() and any(out.iterdir()):
@@ -240,6 +242,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
 
     from .hub import load_base_model
 
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # a new run may change mixed precision; the process group (PartialState) stays
     # without a GPU, cpu=True lets Accelerate run several CPU processes (gloo) under torchrun/accelerate launch
     accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
