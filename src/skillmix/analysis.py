@@ -283,10 +283,10 @@ def inspect_run(run_dir: str | Path, output_dir: str | Path | None = None, split
     run_dir = Path(run_dir)
     if not (run_dir / RUN_CONFIG).is_file():
         raise SkillMixError(f"{run_dir}: no {RUN_CONFIG}; expected the output directory of 'skillmix train'")
-    if split not in ("train", "test"):
-        raise SkillMixError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in ("train", "test", "unseen"):
+        raise SkillMixError(f"split must be 'train', 'test' or 'unseen', got {split!r}")
     cfg = TrainConfig.from_dict(json.loads((run_dir / RUN_CONFIG).read_text()), source=str(run_dir / RUN_CONFIG))
-    out = Path(output_dir) if output_dir is not None else run_dir / "inspect"
+    out = Path(output_dir) if output_dir is not None else run_dir / ("inspect_unseen" if split == "unseen" else "inspect")
     out.mkdir(parents=True, exist_ok=True)
     base_model, tokenizer, kind = base if base is not None else load_base_model(cfg.model)
     model = load_model(base_model, run_dir)
@@ -305,8 +305,12 @@ def inspect_run(run_dir: str | Path, output_dir: str | Path | None = None, split
                 summary["allocation"] = allocation
         if method == "orchmoe" or method in TOKEN_ROUTED:
             data = load_data(cfg)
+            if split == "unseen":  # the evaluation prompts of the unseen tasks (routing of new tasks)
+                if data.unseen is None:
+                    raise SkillMixError(f"{run_dir}: --split unseen needs a run trained with --unseen-tasks")
+                data = data.unseen
             task_names = data.task_names
-            examples, _ = encode(cfg, data, split, tokenizer, kind)
+            examples, _ = encode(cfg, data, "test" if split == "unseen" else split, tokenizer, kind)
             if max_examples is not None and max_examples < len(examples):
                 keep = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed))[:max_examples]
                 examples = [examples[i] for i in sorted(keep.tolist())]

@@ -23,6 +23,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that choose SuperNI tasks and split their instances (shared by data/train/eval commands)."""
     group = parser.add_argument_group("data")
@@ -39,6 +46,24 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-instances", type=_positive_int, help="cap on instances per task, applied before splitting")
     group.add_argument("--skip-invalid", action="store_true",
                        help="skip bad task files (and tasks too small for the split) with a warning")
+    group.add_argument("--unseen-tasks", type=_unseen_value, metavar="FRACTION|NAMES",
+                       help="hold out unseen tasks: a fraction of the chosen tasks (stratified by category), "
+                       "comma-separated task names, or 'official' (splits/default/test_tasks.txt)")
+    group.add_argument("--unseen-categories", type=_comma_list, metavar="NAMES",
+                       help="also hold out every task of these comma-separated categories")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _unseen_value(text: str) -> float | list[str] | str:
+    """--unseen-tasks: a fraction, 'official', or comma-separated task names."""
+    try:
+        return float(text)
+    except ValueError:
+        names = _comma_list(text)
+        return "official" if names == ["official"] else names
 
 
 def data_from_args(args: argparse.Namespace) -> MultiTaskData:
@@ -54,6 +79,8 @@ def data_from_args(args: argparse.Namespace) -> MultiTaskData:
         test_fraction=args.test_fraction,
         max_instances=args.max_instances,
         skip_invalid=args.skip_invalid,
+        unseen=args.unseen_tasks,
+        unseen_categories=args.unseen_categories,
     )
 
 
@@ -116,13 +143,16 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
               f"({short_prompts} lost positive examples), "
               f"{cut_targets}/{len(all_targets)} targets over {args.max_target_tokens} tokens")
     print(f"split: seed {args.seed}, {len(data.train)} train / {len(data.test)} test instances")
+    if data.unseen is not None:
+        print(data.task_split["text"])
+        print(f"unseen tasks: {len(data.unseen.test)} evaluation / {len(data.unseen.train)} adaptation-pool instances")
     print(f"skipped invalid: {len(data.skipped)}" + "".join(f"\n  {s.reason}" for s in data.skipped))
     return 0
 
 
 # ---- train / eval / compare / inspect / demo -----------------------------------------------------------
 _ADAPTER_SKIP = {"method", "n_tasks", "gumbel_temperature", "load_balancing_coef", "base_model_name_or_path", "extra"}
-_LIST_FIELDS = {"tasks", "target_modules"}
+_LIST_FIELDS = {"tasks", "target_modules", "unseen_tasks", "unseen_categories"}
 
 
 def _parse_value(name: str, text: str) -> Any:
@@ -183,6 +213,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(cfg, overwrite=args.overwrite, resume=args.resume)
     print(f"trained {summary['method']}: {summary['steps']} steps, {summary['trainable_params']:,d} trainable params, "
           f"final loss {summary['final_loss']}, {summary['train_wall_s']} s -> {cfg.output_dir}")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    """Few-shot adaptation of a trained adapter to one unseen task; writes a new adapter directory."""
+    from skillmix.adapt import adapt
+    from skillmix.evaluate import evaluate_run
+
+    summary = adapt(args.adapter, args.task, args.shots, params=args.params, output_dir=args.output_dir,
+                    steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed, overwrite=args.overwrite)
+    print(f"adapted {summary['method']} to {summary['task']}: {summary['shots']} shots, --params {summary['params']}, "
+          f"{summary['trainable_params']:,d} trainable params, {summary['steps']} steps (lr {summary['lr']:g}), "
+          f"final loss {summary['final_loss']} -> {summary['output_dir']}")
+    if args.eval:
+        metrics = evaluate_run(summary["output_dir"], split="unseen", batch_size=args.eval_batch_size,
+                               max_new_tokens=args.max_new_tokens)
+        _print_metrics(metrics, summary["output_dir"])
     return 0
 
 
@@ -307,7 +354,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="evaluate a trained adapter (or the base model) on held-out instances")
     evaluate.add_argument("--adapter", help="output directory of 'skillmix train'")
-    evaluate.add_argument("--split", default="test", choices=("test", "train"))
+    evaluate.add_argument("--split", default="test", choices=("test", "train", "unseen"),
+                          help="test: held-out instances of the training tasks; unseen: the evaluation instances of "
+                          "the unseen tasks, zero-shot (of the adapted task, for a 'skillmix adapt' directory)")
     _add_eval_options(evaluate)
     evaluate.add_argument("--limit", type=_positive_int, help="evaluate only the first N examples")
     _add_train_options(evaluate)  # data options, for the base model without --adapter
@@ -321,6 +370,23 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_train_options(comp)
     comp.set_defaults(func=cmd_compare)
 
+    adapt = commands.add_parser("adapt", help="few-shot adaptation of a trained adapter to one unseen task")
+    adapt.add_argument("--adapter", required=True, help="output directory of 'skillmix train' (with unseen tasks)")
+    adapt.add_argument("--task", required=True, help="an unseen task of that run")
+    adapt.add_argument("--shots", required=True, type=_non_negative_int,
+                       help="k: train on the first k instances of the task's adaptation pool (0: zero-shot adapter)")
+    adapt.add_argument("--params", default="routing", choices=("routing", "all"),
+                       help="routing: only the routing parameters (Poly/MHR: a new allocation row); all: the whole adapter")
+    adapt.add_argument("--output-dir", help="new adapter directory (default RUN/adapt/<task>-k<K>-<params>)")
+    adapt.add_argument("--steps", type=_non_negative_int, help="optimizer steps (default 30 when k > 0)")
+    adapt.add_argument("--lr", type=float, help="learning rate (default: the run's lr, x10 for --params routing)")
+    adapt.add_argument("--batch-size", type=_positive_int, help="batch size (default: the run's, at most k)")
+    adapt.add_argument("--seed", type=int, default=0, help="data order and Gumbel noise (default 0)")
+    adapt.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    adapt.add_argument("--eval", action="store_true", help="then evaluate the new adapter on the task (--split unseen)")
+    _add_eval_options(adapt)
+    adapt.set_defaults(func=cmd_adapt)
+
     demo = commands.add_parser("demo", help="the README's main job: LoRA vs OrchMoE on 4 SuperNI tasks")
     demo.add_argument("--model", default="SmolLM2-135M-Instruct")
     demo.add_argument("--data-dir")
@@ -331,7 +397,8 @@ def _build_parser() -> argparse.ArgumentParser:
     insp = commands.add_parser("inspect", help="plots of a trained run's routing")
     insp.add_argument("run_dir")
     insp.add_argument("--output-dir", help="where to write the PNGs (default RUN_DIR/inspect)")
-    insp.add_argument("--split", default="train", choices=("train", "test"))
+    insp.add_argument("--split", default="train", choices=("train", "test", "unseen"),
+                      help="prompts to route (unseen: the unseen tasks' evaluation prompts; plots in RUN_DIR/inspect_unseen)")
     insp.add_argument("--max-examples", type=_positive_int)
     insp.set_defaults(func=cmd_inspect)
 

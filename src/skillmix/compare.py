@@ -16,7 +16,7 @@ from .config import SkillMixConfig
 from .errors import SkillMixError
 from .io import atomic_write_text
 from .model import count_parameters
-from .train import CHECKPOINT, RUN_CONFIG, SUMMARY, TrainConfig, train
+from .train import CHECKPOINT, RUN_CONFIG, SUMMARY, TrainConfig, load_data, train
 
 METRIC_KEYS = ("rouge1", "rougeL", "rougeLsum", "exact_match")
 # Two-sided 95% Student-t quantiles by degrees of freedom (1.96 beyond 30).
@@ -55,9 +55,15 @@ def match_budget(base_model, config: SkillMixConfig, budget: int, max_rank: int 
     return best
 
 
+def holds_out_tasks(cfg: TrainConfig) -> bool:
+    """True when the run splits its tasks into seen and unseen ones."""
+    return cfg.unseen_tasks is not None or bool(cfg.unseen_categories)
+
+
 def run_one(cfg: TrainConfig, eval_options: dict[str, Any]) -> dict[str, Any]:
-    """Train (or resume, or skip) one run and evaluate it; returns summary + metrics."""
-    from .evaluate import METRICS, evaluate_run
+    """Train (or resume, or skip) one run and evaluate it (and zero-shot on its unseen tasks, if any);
+    returns summary + metrics (+ metrics_unseen)."""
+    from .evaluate import METRICS, evaluate_run, output_files
 
     out = Path(cfg.output_dir)
     if not (out / METRICS).is_file():
@@ -67,7 +73,25 @@ def run_one(cfg: TrainConfig, eval_options: dict[str, Any]) -> dict[str, Any]:
                 resume = False  # killed before the first checkpoint: start again
             train(cfg, overwrite=not resume, resume=resume)
         evaluate_run(out, **eval_options)
-    return {"summary": json.loads((out / SUMMARY).read_text()), "metrics": json.loads((out / METRICS).read_text())}
+    result = {"summary": json.loads((out / SUMMARY).read_text()), "metrics": json.loads((out / METRICS).read_text())}
+    if holds_out_tasks(cfg):
+        unseen_file = out / output_files("unseen")[1]
+        if not unseen_file.is_file():
+            evaluate_run(out, split="unseen", **eval_options)
+        result["metrics_unseen"] = json.loads(unseen_file.read_text())
+    return result
+
+
+def base_zero_shot(template: TrainConfig, output_dir: Path, eval_options: dict[str, Any]) -> dict[str, Any]:
+    """The base model without adapter on the unseen tasks (same prompts): OUT/base/metrics_unseen.json."""
+    from .evaluate import evaluate_model, output_files
+    from .hub import load_base_model
+
+    path = output_dir / output_files("unseen")[1]
+    if not path.is_file():
+        model, tokenizer, kind = load_base_model(template.model)
+        evaluate_model(model, tokenizer, kind, template, output_dir, split="unseen", **eval_options)
+    return json.loads(path.read_text())
 
 
 def compare(template: TrainConfig, methods: list[str], seeds: list[int], output_dir: str | Path,
@@ -80,11 +104,18 @@ def compare(template: TrainConfig, methods: list[str], seeds: list[int], output_
     out.mkdir(parents=True, exist_ok=True)
     adapters = adapters or {}
     base_model = load_base_model(template.model)[0]
+    n_tasks = template.tasks if isinstance(template.tasks, int) else len(template.tasks)
+    unseen = holds_out_tasks(template)
+    if unseen:  # Poly/MHR rows = seen tasks only
+        split = load_data(template)
+        n_tasks = len(split.task_names)
+        print(split.task_split["text"])
+        atomic_write_text(out / "task_split.json", json.dumps(split.task_split, indent=2) + "\n")
     plans = {}
     for method in methods:
         fields = {**template.adapter, **adapters.get(method, {})}
         config = TrainConfig(**{**template.to_dict(), "method": method, "adapter": fields}).adapter_config(
-            n_tasks=template.tasks if isinstance(template.tasks, int) else len(template.tasks))
+            n_tasks=n_tasks)
         config, count = match_budget(base_model, config, budget) if budget else (config, count_parameters(base_model, config))
         fields = {k: v for k, v in dataclasses.asdict(config).items()
                   if k not in ("method", "n_tasks", "gumbel_temperature", "load_balancing_coef", "extra",
@@ -100,6 +131,12 @@ def compare(template: TrainConfig, methods: list[str], seeds: list[int], output_
                                  "output_dir": str(out / method / f"seed{seed}")})
             runs.setdefault(method, []).append(run_one(cfg, eval_options or {}))
     results = aggregate(runs, plans, budget, seeds)
+    if unseen:
+        base = base_zero_shot(template, out / "base", eval_options or {})
+        results["base_unseen"] = {key: base[key] for key in METRIC_KEYS}
+        results["base_unseen"]["rougeL_macro"] = base["macro"]["rougeL"]
+        results.setdefault("per_task_unseen_rougeL", {})["base"] = {t: v["rougeL"] for t, v in base["per_task"].items()}
+        results["unseen_tasks"] = sorted(base["per_task"])
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", results_markdown(results))
     plot_results(results, out / "results.png")
@@ -110,6 +147,7 @@ def aggregate(runs: dict[str, list[dict]], plans: dict, budget: int | None, seed
     """Mean ± 95% CI over seeds per method, and per-task wins against LoRA (seed-averaged ROUGE-L)."""
     rows = []
     per_task: dict[str, dict[str, float]] = {}
+    per_task_unseen: dict[str, dict[str, float]] = {}
     for method, method_runs in runs.items():
         row: dict[str, Any] = {"method": method, "trainable_params": plans[method][1], "config": plans[method][0],
                                "seeds": len(method_runs)}
@@ -120,6 +158,13 @@ def aggregate(runs: dict[str, list[dict]], plans: dict, budget: int | None, seed
         row["step_s"] = mean_ci([r["summary"]["median_step_s"] for r in method_runs])
         tasks = method_runs[0]["metrics"]["per_task"]
         per_task[method] = {t: statistics.fmean(r["metrics"]["per_task"][t]["rougeL"] for r in method_runs) for t in tasks}
+        if all("metrics_unseen" in r for r in method_runs):  # zero-shot on the unseen tasks
+            for key in ("rougeL", "exact_match"):
+                row[f"unseen_{key}"] = mean_ci([r["metrics_unseen"][key] for r in method_runs])
+            row["unseen_rougeL_macro"] = mean_ci([r["metrics_unseen"]["macro"]["rougeL"] for r in method_runs])
+            unseen = method_runs[0]["metrics_unseen"]["per_task"]
+            per_task_unseen[method] = {t: statistics.fmean(r["metrics_unseen"]["per_task"][t]["rougeL"]
+                                                           for r in method_runs) for t in unseen}
         rows.append(row)
     if "lora" in per_task:
         for row in rows:
@@ -127,7 +172,10 @@ def aggregate(runs: dict[str, list[dict]], plans: dict, budget: int | None, seed
             row["wins_vs_lora"] = {"win": sum(ours[t] > ref[t] + 1e-9 for t in ref),
                                    "tie": sum(abs(ours[t] - ref[t]) <= 1e-9 for t in ref),
                                    "loss": sum(ours[t] < ref[t] - 1e-9 for t in ref)}
-    return {"budget": budget, "seeds": seeds, "rows": rows, "per_task_rougeL": per_task}
+    results = {"budget": budget, "seeds": seeds, "rows": rows, "per_task_rougeL": per_task}
+    if per_task_unseen:
+        results["per_task_unseen_rougeL"] = per_task_unseen
+    return results
 
 
 def _fmt(value: tuple[float, float], digits: int = 2) -> str:
@@ -136,17 +184,31 @@ def _fmt(value: tuple[float, float], digits: int = 2) -> str:
 
 
 def results_markdown(results: dict[str, Any]) -> str:
-    """The comparison table in Markdown."""
+    """The comparison table in Markdown (with zero-shot columns on the unseen tasks when there are some)."""
+    unseen = "base_unseen" in results
     lines = [f"Budget: {results['budget'] or 'per-method defaults'}; seeds: {results['seeds']}; "
-             "mean ± 95% CI (t) over seeds; micro averages over held-out instances.", "",
-             "| method | trainable params | ROUGE-1 | ROUGE-L | ROUGE-Lsum | EM | ROUGE-L (macro) | tasks W/T/L vs LoRA | train wall (s) | step (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "mean ± 95% CI (t) over seeds; micro averages over held-out instances.", ""]
+    if unseen:
+        lines[-1:] = [f"Unseen tasks (zero-shot, never trained on): {', '.join(results['unseen_tasks'])}. Poly/MHR have "
+                      "no row for a new task and use the mean of the trained rows' weights (METHODS.md OA-17); "
+                      "OrchMoE and the token-routed methods route as on seen tasks; `base` = the model without "
+                      "adapter, same prompts.", ""]
+    extra = " unseen ROUGE-L | unseen EM | unseen ROUGE-L (macro) |" if unseen else ""
+    lines += ["| method | trainable params | ROUGE-1 | ROUGE-L | ROUGE-Lsum | EM | ROUGE-L (macro) | tasks W/T/L vs LoRA | "
+              "train wall (s) | step (s) |" + extra,
+              "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (3 if unseen else 0)]
+    if unseen:
+        base = results["base_unseen"]
+        lines.append("| base | 0 |" + " – |" * 8 + f" {base['rougeL']:.2f} | {base['exact_match']:.2f} | "
+                     f"{base['rougeL_macro']:.2f} |")
     for row in results["rows"]:
         wins = row.get("wins_vs_lora")
         wtl = f"{wins['win']}/{wins['tie']}/{wins['loss']}" if wins and row["method"] != "lora" else "–"
+        cells = (f" {_fmt(row['unseen_rougeL'])} | {_fmt(row['unseen_exact_match'])} | {_fmt(row['unseen_rougeL_macro'])} |"
+                 if unseen and "unseen_rougeL" in row else " – | – | – |" if unseen else "")
         lines.append(f"| {row['method']} | {row['trainable_params']:,d} | {_fmt(row['rouge1'])} | {_fmt(row['rougeL'])} | "
                      f"{_fmt(row['rougeLsum'])} | {_fmt(row['exact_match'])} | {_fmt(row['rougeL_macro'])} | {wtl} | "
-                     f"{_fmt(row['train_wall_s'], 1)} | {_fmt(row['step_s'], 3)} |")
+                     f"{_fmt(row['train_wall_s'], 1)} | {_fmt(row['step_s'], 3)} |" + cells)
     return "\n".join(lines) + "\n"
 
 
@@ -160,9 +222,12 @@ def plot_results(results: dict[str, Any], path: Path) -> None:
     rows = results["rows"]
     names = [r["method"] for r in rows]
     fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 3, 3.5))
-    width = 0.38
-    for k, (key, label) in enumerate((("rougeL", "ROUGE-L"), ("exact_match", "EM"))):
-        xs = [i + (k - 0.5) * width for i in range(len(rows))]
+    series = [("rougeL", "ROUGE-L"), ("exact_match", "EM")]
+    if all("unseen_rougeL" in r for r in rows):
+        series.append(("unseen_rougeL", "unseen ROUGE-L (zero-shot)"))
+    width = 0.8 / len(series)
+    for k, (key, label) in enumerate(series):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(rows))]
         ax.bar(xs, [r[key][0] for r in rows], width, yerr=[r[key][1] for r in rows], capsize=3, label=label)
     ax.set_xticks(range(len(rows)), names)
     ax.set_ylabel("score (0-100)")

@@ -19,7 +19,7 @@ from .errors import SkillMixError
 from .io import atomic_save_safetensors, atomic_write_text
 from .layers import LAYERS, AdapterLayer
 from .layers.base import linear_shape
-from .routing import RoutingContext, TaskRouter, load_balancing_loss
+from .routing import RoutingContext, TaskRouter, load_balancing_loss, normalise_rows
 
 PEFT_PREFIX = "base_model.model."
 
@@ -189,6 +189,48 @@ class SkillMixModel(nn.Module):
             for layer in self.adapter_layers.values():
                 layer.disabled = False
 
+    # ---- new tasks (unseen-task evaluation, few-shot adaptation) -------------------------------------
+    @torch.no_grad()
+    def add_task_rows(self, n: int = 1, init: str = "mean") -> list[int]:
+        """Poly/MHR: append `n` allocation rows to every layer and return the new task ids.
+
+        init="mean": a new row's eval skill weights are the mean over the existing (trained) rows of
+        their normalised eval weights, per head (METHODS.md §1.7, OA-17): w_new = mean_t normalise(σ(θ_t)).
+        The row's logits are θ_new = logit(c · w_new) with c = 0.5 / max(w_new) per head, so that
+        normalise(σ(θ_new)) = w_new (to ~1e-7) and the largest entry sits at σ = 0.5.
+        """
+        if self.method not in ("poly", "mhr"):
+            raise SkillMixError(f"add_task_rows: method {self.method!r} has no per-task allocation rows (poly, mhr only)")
+        if init != "mean":
+            raise SkillMixError(f"add_task_rows(init={init!r}): expected 'mean'")
+        old = self.adapter_config.n_tasks
+        for layer in self.adapter_layers.values():
+            logits = layer.allocation_logits
+            row = mean_allocation_logits(logits.view(old, layer.n_splits, layer.n_skills)).reshape(1, -1)
+            grown = torch.cat([logits.detach(), row.to(logits).expand(n, -1)])
+            layer.allocation_logits = nn.Parameter(grown, requires_grad=logits.requires_grad)
+            layer.n_tasks = old + n
+        self.adapter_config.n_tasks = old + n
+        return list(range(old, old + n))
+
+    @torch.no_grad()
+    def remove_task_rows(self, n_tasks: int) -> None:
+        """Poly/MHR: keep only the first `n_tasks` allocation rows (undoes `add_task_rows`)."""
+        if self.method not in ("poly", "mhr") or not 0 < n_tasks <= self.adapter_config.n_tasks:
+            raise SkillMixError(f"remove_task_rows({n_tasks}): expected poly/mhr and 1 <= n_tasks <= "
+                                f"{self.adapter_config.n_tasks}")
+        for layer in self.adapter_layers.values():
+            logits = layer.allocation_logits
+            layer.allocation_logits = nn.Parameter(logits.detach()[:n_tasks].clone(), requires_grad=logits.requires_grad)
+            layer.n_tasks = n_tasks
+        self.adapter_config.n_tasks = n_tasks
+
+    def routing_parameter_names(self) -> list[str]:
+        """Keys of `adapter_state_dict()` that route rather than transform: Poly/MHR and OrchMoE allocation
+        logits, OrchMoE's task router (W_Q, keys), the token routers of MoLoRA/MoLoRA-SD/MoDE; none for LoRA."""
+        return [k for k in self.adapter_state_dict()
+                if k.startswith("task_router.") or k.rsplit(".", 1)[-1] in ("allocation_logits", "router")]
+
     # ---- parameters ------------------------------------------------------------------------------
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Every adapter parameter (trainable or not), keyed by module path in the base model."""
@@ -309,6 +351,15 @@ def _write_peft_lora(directory, layers: dict[str, tuple[torch.Tensor, torch.Tens
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = b.float()
     atomic_save_safetensors(tensors, Path(directory) / WEIGHTS_NAME, metadata={"format": "pt"})
     atomic_write_text(Path(directory) / CONFIG_NAME, json.dumps(peft_config, indent=2) + "\n")
+
+
+@torch.no_grad()
+def mean_allocation_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Allocation logits [T, h, S] -> one row [h, S] whose normalised sigmoid is the mean of the T rows'
+    normalised sigmoids (the Poly/MHR weights of an unseen task; see `SkillMixModel.add_task_rows`)."""
+    weights = normalise_rows(torch.sigmoid(logits.double())).mean(0)  # [h, S], each head on the simplex
+    scaled = 0.5 * weights / weights.amax(-1, keepdim=True)
+    return torch.logit(scaled.clamp_min(1e-30)).to(logits.dtype)
 
 
 def count_parameters(base_model: nn.Module, config: SkillMixConfig) -> int:

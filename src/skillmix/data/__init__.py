@@ -9,6 +9,8 @@ from skillmix.data.collate import (
 from skillmix.data.prompts import Prompt, build_prompt, num_tokens
 from skillmix.data.superni import (
     DATA_DIR_ENV,
+    DEFAULT_UNSEEN_FRACTION,
+    OFFICIAL,
     Instance,
     MultiTaskData,
     Skipped,
@@ -18,14 +20,18 @@ from skillmix.data.superni import (
     load_task,
     load_tasks,
     official_split,
+    read_categories,
     resolve_data_dir,
     select_tasks,
     split_instances,
+    split_tasks,
 )
 
 __all__ = [
     "Collator",
     "DATA_DIR_ENV",
+    "DEFAULT_UNSEEN_FRACTION",
+    "OFFICIAL",
     "EncodedExample",
     "Instance",
     "MultiTaskData",
@@ -42,7 +48,9 @@ __all__ = [
     "model_inputs",
     "num_tokens",
     "official_split",
+    "read_categories",
     "resolve_data_dir",
     "select_tasks",
     "split_instances",
+    "split_tasks",
 ]

@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import random
-from collections import Counter
+import re
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ logger = logging.getLogger(__name__)
 DATA_DIR_ENV = "SKILLMIX_DATA_DIR"
 DEFAULT_DATA_DIR = Path("..") / "shared" / "superni" / "tasks"
 DEFAULT_TEST_FRACTION = 0.2
+DEFAULT_UNSEEN_FRACTION = 0.2  # share of the task pool held out as unseen tasks (about one in five)
+OFFICIAL = "official"  # unseen tasks = the checkout's splits/default/test_tasks.txt
 
 
 @dataclass(frozen=True)
@@ -290,6 +294,11 @@ class MultiTaskData:
     train: list[Instance]
     test: list[Instance]
     skipped: list[Skipped] = field(default_factory=list)
+    # Task-level split (see `split_tasks`): the unseen tasks, whose `test` holds their evaluation
+    # instances and whose `train` their few-shot adaptation pool (in the seeded order: k shots = the
+    # first k); None when no task is held out. `task_split` describes how they were chosen.
+    unseen: "MultiTaskData | None" = None
+    task_split: dict[str, Any] | None = None
 
     @property
     def task_names(self) -> list[str]:
@@ -313,13 +322,16 @@ class MultiTaskData:
             }
             for name, task in sorted(self.tasks.items())
         }
-        return {
+        summary = {
             "tasks": per_task,
             "num_tasks": len(per_task),
             "train": len(self.train),
             "test": len(self.test),
             "skipped": [s.name for s in self.skipped],
         }
+        if self.unseen is not None:
+            summary["unseen"] = self.unseen.summary()
+        return summary
 
 
 def load_multitask_data(
@@ -332,10 +344,30 @@ def load_multitask_data(
     test_fraction: float = DEFAULT_TEST_FRACTION,
     max_instances: int | None = None,
     skip_invalid: bool = False,
+    unseen: float | list[str] | str | None = None,
+    unseen_categories: list[str] | None = None,
 ) -> MultiTaskData:
-    """Select tasks (names and/or `num_tasks` random ones), load them and split each one's instances."""
+    """Select tasks (names and/or `num_tasks` random ones), load them and split each one's instances.
+
+    With `unseen` (a fraction, task names or "official") and/or `unseen_categories`, tasks are first
+    split into seen and unseen ones (`split_tasks`, seeded by `seed`): the returned data holds only
+    the seen tasks, and `data.unseen` the unseen ones, each split into its first `n_test` seeded
+    instances (evaluation; no `max_instances` cap) and the rest (few-shot adaptation pool).
+    """
     directory = resolve_data_dir(data_dir)
-    selected = select_tasks(list_tasks(directory), n=num_tasks, names=names, seed=seed)
+    all_names = list_tasks(directory)
+    unseen_names: list[str] = []
+    task_split = None
+    if unseen is None and not unseen_categories:
+        selected = select_tasks(all_names, n=num_tasks, names=names, seed=seed)
+    else:
+        official = official_split(directory) if unseen == OFFICIAL else None
+        categories = read_categories(directory, all_names, skip_invalid=skip_invalid)
+        selected, unseen_names = split_tasks(
+            categories, unseen=None if unseen == OFFICIAL else unseen, holdout_categories=unseen_categories,
+            seed=seed, official=official,
+            training=num_tasks if names is None else select_tasks(all_names, n=num_tasks, names=names, seed=seed))
+        task_split = describe_task_split(selected, unseen_names, categories, unseen, unseen_categories, seed)
     tasks, skipped = load_tasks(directory, names=selected, skip_invalid=skip_invalid)
     kept, train, test = {}, [], []
     for task in tasks:
@@ -352,6 +384,179 @@ def load_multitask_data(
         test.extend(task_test)
     if not kept:
         raise SkillMixError(f"no usable task left in {directory} ({len(skipped)} skipped as invalid)")
-    data = MultiTaskData(tasks=kept, train=train, test=test, skipped=skipped)
-    logger.info("SuperNI data: %d tasks, %d train / %d test instances", len(kept), len(train), len(test))
+    data = MultiTaskData(tasks=kept, train=train, test=test, skipped=skipped, task_split=task_split)
+    if unseen_names:
+        unseen_tasks, unseen_skipped = load_tasks(directory, names=unseen_names, skip_invalid=skip_invalid)
+        held, pool, evaluation = {}, [], []
+        for task in unseen_tasks:
+            try:  # evaluation = first n_test of the seeded shuffle (as for seen tasks), the rest = adaptation pool
+                task_pool, task_eval = split_instances(task, n_test, None, test_fraction, None, seed)
+            except SkillMixError as err:
+                if not skip_invalid:
+                    raise
+                logger.warning("skipping unseen task: %s", err)
+                unseen_skipped.append(Skipped(task.name, str(err)))
+                continue
+            held[task.name] = task
+            pool.extend(task_pool)
+            evaluation.extend(task_eval)
+        if not held:
+            raise SkillMixError(f"no usable unseen task left in {directory} ({len(unseen_skipped)} skipped as invalid)")
+        data.unseen = MultiTaskData(tasks=held, train=pool, test=evaluation, skipped=unseen_skipped)
+    logger.info("SuperNI data: %d tasks, %d train / %d test instances%s", len(kept), len(train), len(test),
+                f"; {len(data.unseen.tasks)} unseen tasks" if data.unseen else "")
     return data
+
+
+# --- task-level split (unseen tasks) -------------------------------------------------------------
+
+_CATEGORIES_RE = re.compile(r'"Categories"\s*:\s*(\[[^\]]*\])')
+
+
+def read_categories(directory: str | os.PathLike, names: Sequence[str], skip_invalid: bool = False) -> dict[str, list[str]]:
+    """name -> Categories of each task file, read from the file's head (the field precedes the
+    instances in official files); files where it is not found there are parsed in full."""
+    directory = Path(directory)
+    result = {}
+    for name in names:
+        path = directory / f"{name}.json"
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                match = _CATEGORIES_RE.search(f.read(1 << 16))
+        except OSError as err:
+            raise SkillMixError(f"{path}: cannot read task file ({err.strerror})") from None
+        try:
+            value = json.loads(match.group(1)) if match else None
+        except json.JSONDecodeError:
+            value = None
+        if not (isinstance(value, list) and all(isinstance(c, str) for c in value)):
+            try:
+                value = load_task(path).categories
+            except SkillMixError as err:
+                if not skip_invalid:
+                    raise
+                logger.warning("no categories for %s: %s", name, err)
+                value = []
+        result[name] = value
+    return result
+
+
+def first_category(categories: Sequence[str]) -> str:
+    """The stratum of a task in `split_tasks`: its first category, "(none)" without one."""
+    return categories[0] if categories else "(none)"
+
+
+def _stratified_sample(pool: list[str], categories: Mapping[str, Sequence[str]], fraction: float, seed: int) -> list[str]:
+    """round(fraction * len(pool)) tasks (at least 1, at most len(pool) - 1), spread over first
+    categories in proportion to their size (largest remainder; ties in a seeded category order)."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(pool):
+        groups[first_category(categories[name])].append(name)
+    total = min(len(pool) - 1, max(1, int(fraction * len(pool) + 0.5)))
+    order = sorted(groups)
+    random.Random(f"{seed}:unseen").shuffle(order)
+    rank = {c: i for i, c in enumerate(order)}
+    exact = {c: total * len(g) / len(pool) for c, g in groups.items()}
+    quota = {c: int(q) for c, q in exact.items()}
+    for c in sorted(groups, key=lambda c: (-(exact[c] - quota[c]), rank[c]))[: total - sum(quota.values())]:
+        quota[c] += 1
+    chosen = []
+    for c, group in sorted(groups.items()):
+        chosen += random.Random(f"{seed}:unseen:{c}").sample(group, quota[c])
+    return sorted(chosen)
+
+
+def split_tasks(
+    tasks: Mapping[str, Task | Sequence[str]],
+    unseen: float | Sequence[str] | None = DEFAULT_UNSEEN_FRACTION,
+    holdout_categories: Sequence[str] | None = None,
+    seed: int = 0,
+    training: Sequence[str] | int | None = None,
+    official: tuple[Sequence[str], Sequence[str]] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Task-level split into (seen task names, unseen task names), both sorted; deterministic in `seed`.
+
+    `tasks` maps every available task name to its Task or its list of categories. Unseen tasks:
+    - named hold-outs, taken from all of `tasks`: the names in `unseen` (a list), every task with a
+      category in `holdout_categories`, and `official`'s test tasks ((train, test) name lists, as
+      `official_split` returns them; tasks in neither list are left out, as excluded);
+    - a fraction (`unseen` a float in (0, 1)) of the training pool, stratified by first category:
+      round(fraction * pool) tasks (at least one, never the whole pool) shared out over categories in
+      proportion to their size (largest remainder, ties broken in a seeded order), and drawn within a
+      category with `random.Random(f"{seed}:unseen:{category}")`.
+    The training pool is `training`: a list of task names (which must not be held out), a number N of
+    random tasks (`select_tasks(candidates, n=N, seed=seed)`) or None (every candidate); candidates
+    are the tasks not held out by name (and in `official`'s train list). With a fraction the pool is
+    split; otherwise the whole pool is seen.
+    """
+    categories = {name: list(t.categories if isinstance(t, Task) else t) for name, t in tasks.items()}
+    available = sorted(categories)
+    held: set[str] = set()
+    fraction = None
+    if isinstance(unseen, str):
+        raise SkillMixError(f"unseen tasks {unseen!r}: expected a fraction in (0, 1), a list of task names or '{OFFICIAL}'")
+    if isinstance(unseen, (int, float)) and not isinstance(unseen, bool):
+        if not 0.0 < unseen < 1.0:
+            raise SkillMixError(f"unseen tasks fraction {unseen}: expected a number in (0, 1), e.g. 0.2")
+        fraction = float(unseen)
+    elif unseen is not None:
+        held |= set(select_tasks(available, names=list(unseen)))  # validates the names
+    if holdout_categories:
+        known = sorted({c for cs in categories.values() for c in cs})
+        for category in holdout_categories:
+            if category not in known:
+                raise SkillMixError(f"unseen category {category!r}: no task has it; expected one of: {', '.join(known)}")
+        held |= {n for n in available if set(categories[n]) & set(holdout_categories)}
+    candidates = [n for n in available if n not in held]
+    if official is not None:
+        train_list, test_list = set(official[0]), set(official[1])
+        held |= {n for n in available if n in test_list}
+        candidates = [n for n in candidates if n in train_list and n not in held]
+    if isinstance(training, int) and not isinstance(training, bool):
+        if not 0 < training <= len(candidates):
+            raise SkillMixError(f"number of training tasks must be between 1 and {len(candidates)} (tasks not held out "
+                                f"as unseen), got {training}")
+        pool = select_tasks(candidates, n=training, seed=seed)
+    elif training is not None:
+        pool = select_tasks(available, names=list(training))
+        for name in pool:
+            if name in held:
+                raise SkillMixError(f"task {name!r} is both a training task and an unseen task; expected disjoint "
+                                    "training and unseen tasks")
+            if official is not None and name not in official[0]:
+                raise SkillMixError(f"training task {name!r} is not in the official splits/default/train_tasks.txt; "
+                                    "expected official training tasks")
+    else:
+        pool = candidates
+    if fraction is not None:
+        if len(pool) < 2:
+            raise SkillMixError(f"unseen tasks fraction {fraction}: the training pool has {len(pool)} task(s); "
+                                "expected at least 2 to hold some out")
+        held |= set(_stratified_sample(pool, categories, fraction, seed))
+    seen = sorted(n for n in pool if n not in held)
+    if not held:
+        raise SkillMixError("the task split holds out no task; expected at least one unseen task")
+    if not seen:
+        raise SkillMixError("the task split leaves no training task; expected at least one seen task")
+    return seen, sorted(held)
+
+
+def describe_task_split(seen: list[str], unseen: list[str], categories: Mapping[str, Sequence[str]],
+                        rule: float | list[str] | str | None, holdout_categories: list[str] | None,
+                        seed: int) -> dict[str, Any]:
+    """A JSON-able record of a task split (stored with runs) with a one-line `text` to print."""
+    if rule == OFFICIAL:
+        how = "official splits/default test tasks"
+    elif isinstance(rule, (int, float)) and not isinstance(rule, bool):
+        how = f"fraction {rule} of the training pool, stratified by first category, seed {seed}"
+    elif rule:
+        how = "named tasks"
+    else:
+        how = ""
+    if holdout_categories:
+        how = (how + " + " if how else "") + "categories " + ", ".join(holdout_categories)
+    by_category = Counter(first_category(categories[n]) for n in unseen)
+    text = (f"task split: {len(seen)} seen / {len(unseen)} unseen tasks ({how}); unseen: "
+            + ", ".join(f"{n} [{first_category(categories[n])}]" for n in unseen))
+    return {"rule": how, "seed": seed, "seen": list(seen), "unseen": list(unseen),
+            "unseen_by_category": dict(sorted(by_category.items())), "text": text}
