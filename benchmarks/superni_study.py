@@ -38,7 +38,7 @@ MODE_VARIANTS = {  # MoDE m x p (experts per group x expert rank) against MoLoRA
     "mode_m4_p2": ("mode", {"num_experts": 4, "expert_rank": 2}),
     "molora_sd_m8": ("molora_sd", {"num_experts": 8}),
 }
-KEEP = ("train_config.json", "train_summary.json", "metrics.json", "metrics.jsonl", "adapter_config.json",
+KEEP = ("train_config.json", "train_summary.json", "metrics.json", "metrics.jsonl", "predictions.jsonl", "adapter_config.json",
         "results.md", "results.json", "results.png", "inspect.json")
 
 
@@ -55,7 +55,9 @@ def run(stage: str, variant: str, methods: list[str], seeds: list[int], settings
 def copy_small_files(runs: Path, stage: str, dest: Path) -> None:
     """Mirror every small result file of a stage into results/<stage> (no weights, no checkpoints)."""
     for path in (runs / stage).rglob("*"):
-        if path.is_file() and (path.name in KEEP or (path.suffix == ".png" and "checkpoint" not in path.parts)):
+        finished = (path.parent / "metrics.json").is_file() or path.parent.name.startswith("inspect") or \
+            path.name.startswith("results")
+        if path.is_file() and finished and (path.name in KEEP or path.suffix == ".png"):
             target = dest / stage / path.relative_to(runs / stage)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
@@ -75,8 +77,14 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs/study")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--collect", action="store_true", help="only copy finished runs' small files into results/")
     args = parser.parse_args()
     runs, dest = Path(args.runs_dir), Path(args.results_dir)
+    if args.collect:
+        for stage in args.stages.split(","):
+            if (runs / stage).is_dir():
+                copy_small_files(runs, stage, dest)
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     for stage in args.stages.split(","):
         if stage == "main10":
