@@ -205,24 +205,46 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+class Timings(dict):
+    """name -> list of seconds on the primary clock; `.wall` and `.cpu` hold both clocks."""
+
+    def __init__(self, names, clock: str):
+        super().__init__({n: [] for n in names})
+        self.clock = clock
+        self.wall: dict[str, list[float]] = {n: [] for n in names}
+        self.cpu: dict[str, list[float]] = {n: [] for n in names}
+
+
+def default_clock(device) -> str:
+    """'cpu' (process CPU time) on CPU, 'wall' on GPU.
+
+    On a shared CPU machine a single-threaded step's wall time also counts the time the process
+    waited for a core taken by someone else; its CPU time (user + sys, time.process_time) does not,
+    so CPU-time ratios between methods are far less noisy. On a GPU only wall time means anything.
+    """
+    return "wall" if str(device).startswith("cuda") else "cpu"
+
+
 def round_robin(fns: dict[str, Callable[[], None]], warmup: int, reps: int, device="cpu",
-                log: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+                log: Callable[[str], None] | None = None, clock: str | None = None) -> Timings:
     """Call every fn once per repetition (order rotated each repetition); seconds of the timed repetitions."""
     names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times = Timings(names, clock or default_clock(device))
     for rep in range(warmup + reps):
         k = rep % len(names)
         order = names[k:] + names[:k]
         for n in order:
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fns[n]()
             sync(device)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if rep >= warmup:
-                times[n].append(dt)
+                times.wall[n].append(dt)
+                times.cpu[n].append(dc)
+                times[n].append(dt if times.clock == "wall" else dc)
             if log:
-                log(f"  rep {rep}{' (warm-up)' if rep < warmup else ''} {n}: {dt * 1000:.1f} ms")
+                log(f"  rep {rep}{' (warm-up)' if rep < warmup else ''} {n}: wall {dt * 1000:.1f} ms, cpu {dc * 1000:.1f} ms")
     return times
 
 

@@ -6,9 +6,10 @@ rotated per repetition, so machine noise hits all methods alike and the ratios a
 A step is forward + backward + AdamW step (lr 1e-4), in train mode, on a causal-LM batch whose
 first half is prompt (labels -100).
 
-Peak memory: one extra (untimed) step per method under a tensor-counting dispatch mode
-(benchmarks/common.py: TensorMemory): static bytes (the distinct storages of the weights, buffers
-and optimizer state) + the high-water mark of the tensors allocated during the step. `--memory rss`
+Peak memory: the first (untimed, warm-up) step of every method runs under a tensor-counting dispatch
+mode (benchmarks/common.py: TensorMemory): static bytes (the distinct storages of the weights and
+buffers) + the high-water mark of the tensors allocated during the step (activations saved for
+backward, gradients, the AdamW state created in that step). `--memory rss`
 instead runs each method in a fresh subprocess and reports its peak resident set size
 (getrusage ru_maxrss), which includes the Python/torch runtime.
 
@@ -53,12 +54,11 @@ def make_step(variant: common.Variant, batch: dict, lr: float = 1e-4):
     return step, opt
 
 
-def measure_memory(variant: common.Variant, step, opt) -> dict[str, float]:
-    """Static MB (weights, buffers, optimizer state) and the tensor high-water mark of one step."""
-    step()  # make sure the optimizer state exists
-    variant_opt_state = list(common.optimizer_tensors(opt))
-    opt.zero_grad(set_to_none=True)
-    static = common.static_bytes(variant.model.parameters(), variant.model.buffers(), variant_opt_state)
+def measure_memory(variant: common.Variant, step) -> dict[str, float]:
+    """One (untimed, first) step under the tensor counter: static MB (weights and buffers, shared base
+    weights counted as if the model were alone) + the high-water mark of the tensors allocated during
+    the step (activations kept for backward, gradients, AdamW state created in this first step)."""
+    static = common.static_bytes(variant.model.parameters(), variant.model.buffers())
     with common.TensorMemory() as mem:
         step()
     return {"static_mb": static / 2**20, "step_mb": mem.peak / 2**20, "peak_mb": (static + mem.peak) / 2**20}
@@ -89,22 +89,26 @@ def bench_model(model_name: str, args, methods: list[str], warmup: int, steps: i
     for m, v in variants.items():
         steps_fn[m], opts[m] = make_step(v, batch)
         log(f"  {m:10s} {v.config:55s} trainable {v.trainable_params:,d}")
-    times = common.round_robin(steps_fn, warmup, steps, device, log=log if args.verbose else None)
+    memory = {}
+    if args.memory == "tensor":  # the first step of every method, under the tensor counter; it counts as a warm-up
+        for m, v in variants.items():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            memory[m] = measure_memory(v, steps_fn[m])
+            if device.startswith("cuda"):
+                memory[m]["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        warmup = max(warmup - 1, 0)
+    times = common.round_robin(steps_fn, warmup, steps, device, log=log if args.verbose else None, clock=args.clock)
     results = []
     for m, v in variants.items():
         row = {"model": model_name, "name": m, "config": v.config, "trainable_params": v.trainable_params,
-               "step_ms": 1000 * common.median(times[m]), "step_ms_all": [1000 * t for t in times[m]]}
+               "clock": times.clock, "step_ms": 1000 * common.median(times[m]), "step_ms_all": [1000 * t for t in times[m]],
+               "wall_ms": 1000 * common.median(times.wall[m]), "wall_ms_all": [1000 * t for t in times.wall[m]],
+               "cpu_ms": 1000 * common.median(times.cpu[m]), "cpu_ms_all": [1000 * t for t in times.cpu[m]]}
+        row.update(memory.get(m, {}))
         results.append(row)
-    if args.memory == "tensor":
-        for m, v in variants.items():
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            mem = measure_memory(v, steps_fn[m], opts[m])
-            if device.startswith("cuda"):
-                mem["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            next(r for r in results if r["name"] == m).update(mem)
-    elif args.memory == "rss":
+    if args.memory == "rss":  # each method in a fresh process: peak resident set size
         for m in methods:
             out = common.run_subprocess([os.path.abspath(__file__), "--_rss-child", "--model", model_name,
                                          "--methods", m, "--batch-size", str(batch_size), "--seq-len", str(seq_len),
@@ -132,13 +136,13 @@ def bench_model(model_name: str, args, methods: list[str], warmup: int, steps: i
 
 def print_table(results: list[dict]) -> None:
     header = ["model", "method", "config", "trainable", "step ms", "x lora", "paired x lora", "x PEFT peer",
-              "peak MB", "x lora", "step-alloc MB", "x lora"]
+              "wall ms", "peak MB", "x lora", "step-alloc MB", "x lora"]
     rows = []
     for r in results:
         f = lambda k, spec: format(r[k], spec) if k in r else "-"
         rows.append([r["model"], r["name"], r["config"], f"{r['trainable_params']:,d}", f("step_ms", ".1f"),
                      f("ratio_to_lora", ".3f"), f("paired_ratio_to_lora", ".3f"), f("ratio_to_peft", ".3f"),
-                     f("peak_mb", ".1f"), f("peak_ratio_to_lora", ".3f"), f("step_mb", ".1f"),
+                     f("wall_ms", ".1f"), f("peak_mb", ".1f"), f("peak_ratio_to_lora", ".3f"), f("step_mb", ".1f"),
                      f("step_mem_ratio_to_lora", ".3f")])
     print(common.fmt_table(rows, header))
 
@@ -150,8 +154,11 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per method (default: tiny 3, others 1)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per method (default: tiny 20, others 3)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per method (default: tiny 20, others 4)")
     p.add_argument("--memory", choices=("tensor", "rss", "none"), default="tensor")
+    p.add_argument("--clock", choices=("cpu", "wall"), default=None,
+                   help="clock of step_ms and the ratios: process CPU time (default on CPU) or wall time (GPU); "
+                        "both are recorded in the JSON")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument("--threads", type=int, default=None,
@@ -185,7 +192,7 @@ def main(argv=None) -> None:
         if warm is None:
             warm = 3 if tiny else 1
         if steps is None:
-            steps = 20 if tiny else 3
+            steps = 20 if tiny else 4
         if args.quick:
             if tiny:
                 warm, steps = 2, 5
@@ -196,8 +203,10 @@ def main(argv=None) -> None:
             r.update(batch=f"{bsz}x{seq}", warmup=warm, timed_steps=steps)
         results += rows
     elapsed = time.perf_counter() - t_start
+    clock = results[0]["clock"] if results else "-"
     print(f"\nmachine: {machine['cpu']} ({machine['cores']} cores, {machine['torch_threads']} torch threads), "
-          f"torch {machine['torch']}, {args.dtype} on {args.device}; total {elapsed:.0f}s")
+          f"torch {machine['torch']}, {args.dtype} on {args.device}; total {elapsed:.0f}s; "
+          f"step ms = median {'process CPU' if clock == 'cpu' else 'wall'} time per step")
     print_table(results)
     if args.json:
         with open(args.json, "w") as f:

@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks
 
 from ..config import SkillMixConfig
 from ..routing import RoutingContext
@@ -87,10 +88,13 @@ class AdapterLayer(nn.Module):
 
     def _fast_path_ok(self, x: torch.Tensor) -> bool:
         """Same dtype as the adapter, a contiguous [..., d_in] input, a plain linear base layer, no autocast
-        (under autocast the base output's dtype differs from the adapter's, so nothing can accumulate into it)."""
+        (under autocast the base output's dtype differs from the adapter's, so nothing can accumulate into it),
+        no hooks on the base layer (a forward hook may keep the base output, which is then updated in place)."""
+        base = self.base_layer
         return (x.dim() in (2, 3) and x.dtype == self.lora_A.dtype and x.is_contiguous()
                 and not torch.is_autocast_enabled(x.device.type)
-                and isinstance(self.base_layer, (nn.Linear, Conv1D) if Conv1D else nn.Linear))
+                and isinstance(base, (nn.Linear, Conv1D) if Conv1D else nn.Linear)
+                and not base._forward_hooks and not base._forward_pre_hooks and not _global_forward_hooks)
 
     def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         """base(x) + delta(x) for an input accepted by `_fast_path_ok`; subclasses override it."""
