@@ -110,8 +110,12 @@ def profile_layers(layers, x, grad, reps: int = 10, rows: int = 12) -> None:
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for _ in range(reps):
                 f()
-        print(f"===== {name}: {reps} x forward+backward")
-        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows))
+        events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events) / reps / 1000
+        table = [[e.key, str(e.input_shapes)[:60], f"{e.count / reps:g}", f"{e.self_cpu_time_total / reps / 1000:.2f}"]
+                 for e in events[:rows] if e.self_cpu_time_total / reps > 20]
+        print(f"\n{name}: per forward+backward (mean of {reps}), self CPU total {total:.2f} ms")
+        print(common.fmt_table(table, ["op", "input shapes", "calls", "self ms"]))
 
 
 def main(argv=None):
