@@ -127,7 +127,9 @@ def main() -> None:
         if "lora" in by and mixtures:
             out += [f"Reading: with {SEEN['max_train_instances'] * SEEN['tasks'] // SEEN['batch_size']} optimizer steps, "
                     f"LoRA reaches {by['lora']['rougeL'][0]:.2f} ROUGE-L while every mixture stays within "
-                    f"{min(mixtures):.2f}–{max(mixtures):.2f}. A mixture splits each update over its experts/skills "
+                    f"{min(mixtures):.2f}–{max(mixtures):.2f}"
+                    + (f", around the base model's {base['rougeL']:.2f}: they have not yet moved the model" if base else "")
+                    + ". A mixture splits each update over its experts/skills "
                     "(gates near 1/E at the start), so in so short a run it moves less than one LoRA of the same size;"
                     " this setting measures early optimisation speed, not the capacity the papers compare.", ""]
         nmis = []
