@@ -29,6 +29,9 @@ from skillmix import SkillMixConfig, get_model  # noqa: E402
 SKILLMIX_METHODS = ("lora", "molora", "molora_sd", "mode", "poly", "mhr", "orchmoe")
 PEFT_METHODS = ("peft_lora", "peft_poly", "peft_mhr")
 ALL_METHODS = SKILLMIX_METHODS + PEFT_METHODS
+# Timing order: each PEFT method next to its skillmix counterpart. The round-robin rotates this order
+# cyclically, so the two always run back to back and their paired ratio sees the same machine state.
+TIMING_ORDER = ("lora", "peft_lora", "molora", "molora_sd", "mode", "orchmoe", "poly", "peft_poly", "mhr", "peft_mhr")
 MODELS = {"tiny-llama": "tiny-llama", "smollm2": "SmolLM2-135M-Instruct"}
 N_TASKS = 8  # rows of Poly/MHR's allocation table in the benchmarks
 

@@ -74,6 +74,28 @@ def run_point(base, variants: dict[str, tuple[str, dict]], bsz: int, seq: int, w
     return {k: 1000 * common.median(t) for k, t in times.items()}
 
 
+def layer_point(variants: dict[str, tuple[str, dict]], bsz: int, seq: int, reps: int) -> dict[str, float]:
+    """Adapter-only cost of one adapted q_proj (576 -> 576), forward + backward, fast path: label -> ms
+    over the bare base layer (all layers share one frozen base and are timed round-robin)."""
+    from layer_time import build_layers, time_layers
+
+    layers = {}
+    base = None
+    for label, (method, kw) in variants.items():
+        built = build_layers([method], 576, 576, bsz, overrides={method: kw}, reference=False)
+        if base is None:
+            base = built["base"]
+            layers["base"] = base
+        layer = built[f"{method}:fast"]
+        layer.base_layer = base
+        layers[label] = layer
+    torch.manual_seed(0)
+    x = torch.randn(bsz, seq, 576, requires_grad=True)
+    grad = torch.randn(bsz, seq, 576)
+    ms = time_layers(layers, x, grad, 3, reps)
+    return {k: v - ms["base"] for k, v in ms.items() if k != "base"} | {"base": ms["base"]}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-size", type=int, default=4)
@@ -121,6 +143,33 @@ def main(argv=None):
     elapsed = time.perf_counter() - t0
     print(f"seq-len sweep done ({elapsed:.0f}s)", file=sys.stderr)
 
+    # the same sweeps for one adapted layer: adapter cost only (time over the bare base layer)
+    lay = {"experts": {}, "rank": {}, "seq_len": {}}
+    lreps = 10 if args.quick else 30
+    variants = {"lora": ("lora", dict(r=8))}
+    variants.update({f"{m}@{x}": (m, expert_config(m, x)) for m in METHODS for x in xs})
+    ms = layer_point(variants, 8, seq, lreps)
+    lay["experts"] = {"x": xs, "lora_ms": ms["lora"], "base_ms": ms["base"],
+                      **{m: [ms[f"{m}@{x}"] / ms["lora"] for x in xs] for m in METHODS}}
+    variants = {"lora": ("lora", dict(r=8))}
+    variants.update({f"lora@{r}": ("lora", dict(r=r)) for r in ranks if r != 8})
+    variants.update({f"{m}@{r}": (m, expert_config(m, 4, r)) for m in METHODS for r in ranks})
+    ms = layer_point(variants, 8, seq, lreps)
+    lay["rank"] = {"x": ranks, "lora_ms": ms["lora"], "base_ms": ms["base"],
+                   "lora": [ms["lora" if r == 8 else f"lora@{r}"] / ms["lora"] for r in ranks],
+                   **{m: [ms[f"{m}@{r}"] / ms["lora"] for r in ranks] for m in METHODS}}
+    lay["seq_len"] = {"x": seqs, "lora_ms": [], "base_ms": [], **{m: [] for m in METHODS}}
+    for t in seqs:
+        variants = {"lora": ("lora", dict(r=8))}
+        variants.update({m: (m, {k: v for k, v in common.MATCHED[m].items()}) for m in METHODS})
+        ms = layer_point(variants, 8, t, lreps)
+        lay["seq_len"]["lora_ms"].append(ms["lora"])
+        lay["seq_len"]["base_ms"].append(ms["base"])
+        for m in METHODS:
+            lay["seq_len"][m].append(ms[m] / ms["lora"])
+    elapsed = time.perf_counter() - t0
+    print(f"layer sweeps done ({elapsed:.0f}s)", file=sys.stderr)
+
     machine = common.machine_info()
     meta = {"model": "smollm2-2l (SmolLM2-135M geometry, 2 layers, vocab 1024, random weights)",
             "batch_size": bsz, "seq_len": seq, "warmup": w, "steps": n, "threads": args.threads,
@@ -128,34 +177,43 @@ def main(argv=None):
             "configs": {"experts": {m: expert_config(m, "X") for m in METHODS},
                         "rank": {m: expert_config(m, 4, "r") for m in METHODS},
                         "seq_len": {m: common.MATCHED[m] for m in ("lora", *METHODS)}}}
+    meta["layer"] = "one adapted Linear(576, 576), x [8, T, 576] (T = --seq-len except in the T sweep), fwd+bwd, " \
+                    f"median of {lreps}; value = adapter time over the bare base layer / LoRA r=8's"
     with open(args.json, "w") as f:
-        json.dump({"sweeps": out, "meta": meta}, f, indent=1)
-    for name, sweep in out.items():
-        rows = [[m] + [f"{v:.3f}" for v in sweep[m]] for m in (("lora",) if name == "rank" else ()) + METHODS]
-        print(f"\n{name} (step time / LoRA r=8 step time; LoRA r=8: "
-              f"{sweep['lora_ms'] if isinstance(sweep['lora_ms'], float) else [round(v) for v in sweep['lora_ms']]} ms)")
-        print(common.fmt_table(rows, ["method"] + [str(x) for x in sweep["x"]]))
+        json.dump({"sweeps": out, "layer_sweeps": lay, "meta": meta}, f, indent=1)
+    for title, group in (("training step, smollm2-2l", out), ("one adapted layer, adapter cost only", lay)):
+        for name, sweep in group.items():
+            rows = [[m] + [f"{v:.3f}" for v in sweep[m]] for m in (("lora",) if name == "rank" else ()) + METHODS]
+            ref = sweep["lora_ms"]
+            ref = f"{ref:.1f}" if isinstance(ref, float) else ", ".join(f"{v:.1f}" for v in ref)
+            print(f"\n{title}: {name} (ratio to LoRA r=8; LoRA r=8: {ref} ms)")
+            print(common.fmt_table(rows, ["method"] + [str(x) for x in sweep["x"]]))
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.4))
+    colors = {m: f"C{i}" for i, m in enumerate(("lora",) + METHODS)}
     titles = {"experts": "experts / skills X (per-expert rank fixed)", "rank": "rank r per expert (X = 4)",
               "seq_len": "sequence length T (parameter-matched configs)"}
-    for ax, (name, sweep) in zip(axes, out.items()):
-        for m in (("lora",) if name == "rank" else ()) + METHODS:
-            ax.plot(sweep["x"], sweep[m], marker="o", label=m)
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sweep["x"], [str(x) for x in sweep["x"]])
-        ax.set_title(titles[name], fontsize=10)
-        ax.set_ylabel("step time / LoRA r=8 step time")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"Training-step cost, smollm2-2l, batch {bsz} x {seq} (T sweep: batch {bsz} x T), "
-                 f"{machine['cpu']}, {args.threads} thread(s); median of {n} steps, round-robin", fontsize=10)
+    ylabels = ("training step / LoRA r=8's", "adapter cost / LoRA r=8's")
+    for row, group in enumerate((out, lay)):
+        for ax, (name, sweep) in zip(axes[row], group.items()):
+            for m in (("lora",) if name == "rank" else ()) + METHODS:
+                ax.plot(sweep["x"], sweep[m], marker="o", label=m, color=colors[m])
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sweep["x"], [str(x) for x in sweep["x"]])
+            ax.set_title(("step, smollm2-2l: " if row == 0 else "one q_proj layer: ") + titles[name], fontsize=9)
+            ax.set_ylabel(ylabels[row])
+            ax.grid(alpha=0.3)
+        axes[row][1].legend(fontsize=8)
+    fig.suptitle(f"Top: training step (fwd+bwd+AdamW), smollm2-2l, batch {bsz} x {seq} (T sweep: {bsz} x T), median of {n} "
+                 f"steps. Bottom: one adapted Linear(576, 576), x [8, {seq}, 576] (T sweep: 8 x T), fwd+bwd, adapter time "
+                 f"over the bare layer.\n{machine['cpu']}, {args.threads} thread(s), process CPU time, round-robin",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out} and {args.json} ({elapsed:.0f}s)", file=sys.stderr)

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import ALL_METHODS, MATCHED  # noqa: E402
+from common import ALL_METHODS, MATCHED, TIMING_ORDER  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -121,7 +121,10 @@ def bench_model(model_name: str, args, methods: list[str], warmup: int, steps: i
     for r in results:
         if ref is not None:
             r["ratio_to_lora"] = r["step_ms"] / ref["step_ms"]
-            r["paired_ratio_to_lora"] = common.median([a / b for a, b in zip(r["step_ms_all"], ref["step_ms_all"])])
+            r["min_ratio_to_lora"] = min(r["step_ms_all"]) / min(ref["step_ms_all"])  # least-disturbed steps
+            paired = [a / b for a, b in zip(r["step_ms_all"], ref["step_ms_all"])]
+            r["paired_ratio_to_lora"] = common.median(paired)
+            r["paired_ratio_to_lora_range"] = [min(paired), max(paired)] if paired else None
             if "peak_mb" in r and "peak_mb" in ref:
                 r["peak_ratio_to_lora"] = r["peak_mb"] / ref["peak_mb"]
             if "step_mb" in r and "step_mb" in ref:
@@ -129,20 +132,23 @@ def bench_model(model_name: str, args, methods: list[str], warmup: int, steps: i
         peer = next((p for p in results if p["name"] == peers.get(r["name"])), None)
         if peer is not None:
             r["ratio_to_peft"] = r["step_ms"] / peer["step_ms"]
-            r["paired_ratio_to_peft"] = common.median([a / b for a, b in zip(r["step_ms_all"], peer["step_ms_all"])])
+            r["min_ratio_to_peft"] = min(r["step_ms_all"]) / min(peer["step_ms_all"])
+            paired = [a / b for a, b in zip(r["step_ms_all"], peer["step_ms_all"])]
+            r["paired_ratio_to_peft"] = common.median(paired)
+            r["paired_ratio_to_peft_range"] = [min(paired), max(paired)] if paired else None
     del variants, steps_fn, opts, base
     return results
 
 
 def print_table(results: list[dict]) -> None:
     header = ["model", "method", "config", "trainable", "step ms", "x lora", "paired x lora", "x PEFT peer",
-              "wall ms", "peak MB", "x lora", "step-alloc MB", "x lora"]
+              "paired x PEFT", "wall ms", "peak MB", "x lora", "step-alloc MB", "x lora"]
     rows = []
     for r in results:
         f = lambda k, spec: format(r[k], spec) if k in r else "-"
         rows.append([r["model"], r["name"], r["config"], f"{r['trainable_params']:,d}", f("step_ms", ".1f"),
                      f("ratio_to_lora", ".3f"), f("paired_ratio_to_lora", ".3f"), f("ratio_to_peft", ".3f"),
-                     f("wall_ms", ".1f"), f("peak_mb", ".1f"), f("peak_ratio_to_lora", ".3f"), f("step_mb", ".1f"),
+                     f("paired_ratio_to_peft", ".3f"), f("wall_ms", ".1f"), f("peak_mb", ".1f"), f("peak_ratio_to_lora", ".3f"), f("step_mb", ".1f"),
                      f("step_mem_ratio_to_lora", ".3f")])
     print(common.fmt_table(rows, header))
 
@@ -150,7 +156,8 @@ def print_table(results: list[dict]) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tiny-llama,smollm2", help="comma list: tiny-llama, smollm2 (or a path)")
-    p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma list of " + ", ".join(ALL_METHODS))
+    p.add_argument("--methods", default=",".join(TIMING_ORDER),
+                   help="comma list of " + ", ".join(ALL_METHODS) + " (timed in this cyclic order, rotated per repetition)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per method (default: tiny 3, others 1)")
