@@ -334,6 +334,25 @@ class MultiTaskData:
         return summary
 
 
+def _split_each(tasks, skipped: list, skip_invalid: bool, label: str, *split_args):
+    """split_instances(task, *split_args) for every task -> (kept tasks, train, test); a task too small for the
+    split raises, or with skip_invalid is appended to `skipped` with a warning."""
+    kept, train, test = {}, [], []
+    for task in tasks:
+        try:
+            task_train, task_test = split_instances(task, *split_args)
+        except SkillMixError as err:
+            if not skip_invalid:
+                raise
+            logger.warning("skipping %s: %s", label, err)
+            skipped.append(Skipped(task.name, str(err)))
+            continue
+        kept[task.name] = task
+        train.extend(task_train)
+        test.extend(task_test)
+    return kept, train, test
+
+
 def load_multitask_data(
     data_dir: str | os.PathLike | None = None,
     names: list[str] | None = None,
@@ -369,37 +388,15 @@ def load_multitask_data(
             training=num_tasks if names is None else select_tasks(all_names, n=num_tasks, names=names, seed=seed))
         task_split = describe_task_split(selected, unseen_names, categories, unseen, unseen_categories, seed)
     tasks, skipped = load_tasks(directory, names=selected, skip_invalid=skip_invalid)
-    kept, train, test = {}, [], []
-    for task in tasks:
-        try:
-            task_train, task_test = split_instances(task, n_test, n_train, test_fraction, max_instances, seed)
-        except SkillMixError as err:
-            if not skip_invalid:
-                raise
-            logger.warning("skipping task: %s", err)
-            skipped.append(Skipped(task.name, str(err)))
-            continue
-        kept[task.name] = task
-        train.extend(task_train)
-        test.extend(task_test)
+    kept, train, test = _split_each(tasks, skipped, skip_invalid, "task", n_test, n_train, test_fraction, max_instances, seed)
     if not kept:
         raise SkillMixError(f"no usable task left in {directory} ({len(skipped)} skipped as invalid)")
     data = MultiTaskData(tasks=kept, train=train, test=test, skipped=skipped, task_split=task_split)
     if unseen_names:
         unseen_tasks, unseen_skipped = load_tasks(directory, names=unseen_names, skip_invalid=skip_invalid)
-        held, pool, evaluation = {}, [], []
-        for task in unseen_tasks:
-            try:  # evaluation = first n_test of the seeded shuffle (as for seen tasks), the rest = adaptation pool
-                task_pool, task_eval = split_instances(task, n_test, None, test_fraction, None, seed)
-            except SkillMixError as err:
-                if not skip_invalid:
-                    raise
-                logger.warning("skipping unseen task: %s", err)
-                unseen_skipped.append(Skipped(task.name, str(err)))
-                continue
-            held[task.name] = task
-            pool.extend(task_pool)
-            evaluation.extend(task_eval)
+        # evaluation = first n_test of the seeded shuffle (as for seen tasks), the rest = adaptation pool
+        held, pool, evaluation = _split_each(unseen_tasks, unseen_skipped, skip_invalid, "unseen task", n_test, None,
+                                             test_fraction, None, seed)
         if not held:
             raise SkillMixError(f"no usable unseen task left in {directory} ({len(unseen_skipped)} skipped as invalid)")
         data.unseen = MultiTaskData(tasks=held, train=pool, test=evaluation, skipped=unseen_skipped)
