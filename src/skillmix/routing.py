@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.distributions import RelaxedBernoulli
 from torch.distributions.utils import clamp_probs
 
 EPS = 1e-12  # as PEFT's Poly router
@@ -75,13 +74,6 @@ def relaxed_bernoulli(logits: torch.Tensor, temperature: float, training: bool) 
     x = (uniforms.log() - (-uniforms).log1p() + probs.log() - (-probs).log1p()) / temperature
     finfo = torch.finfo(x.dtype)
     return torch.clamp(torch.sigmoid(x), min=finfo.tiny, max=1.0 - finfo.eps)
-
-
-def relaxed_bernoulli_reference(logits: torch.Tensor, temperature: float, training: bool) -> torch.Tensor:
-    """relaxed_bernoulli through torch.distributions (kept to check the fast version against)."""
-    if training:
-        return RelaxedBernoulli(temperature=temperature, logits=logits).rsample()
-    return torch.sigmoid(logits)
 
 
 def normalise_rows(z: torch.Tensor) -> torch.Tensor:
