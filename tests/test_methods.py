@@ -138,7 +138,7 @@ def test_parameter_counts_match_the_formulas(arch, fields):
     else:
         layers = shapes * n_blocks
     expected = sum(_per_layer_count(f.method, d_in, d_out, f) for d_in, d_out in layers)
-    if f.method == "orchmoe" and f.task_router == "attention":
+    if f.method == "orchmoe" and f.task_router == "attention" and f.skill_router == "learned":
         expected += 32 * f.router_dim + f.n_abstract_tasks * f.router_dim
     assert model.num_trainable_parameters() == expected
     assert len(model.adapter_layers) == len(layers)

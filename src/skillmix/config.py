@@ -80,6 +80,12 @@ class SkillMixConfig:
         return self.lora_alpha / self.r
 
     @property
+    def has_task_router(self) -> bool:
+        """OrchMoE builds a task router only when it matters: with a uniform allocation
+        (skill_router="uniform") alpha = w Z_hat = 1/S whatever w is, so the router would get no gradient."""
+        return self.method == "orchmoe" and self.task_router == "attention" and self.skill_router == "learned"
+
+    @property
     def uses_task_ids(self) -> bool:
         return self.method in USES_TASK_IDS
 

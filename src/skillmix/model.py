@@ -74,7 +74,7 @@ class SkillMixModel(nn.Module):
             setattr(parent, child, layer)
             self.adapter_layers[name] = layer
         self.task_router = None
-        if config.method == "orchmoe" and config.task_router == "attention":
+        if config.has_task_router:
             embed = base_model.get_input_embeddings()
             self.task_router = TaskRouter(embed.embedding_dim, config.n_abstract_tasks, config.router_dim)
             self.task_router.to(embed.weight.device)
@@ -372,7 +372,7 @@ def count_parameters(base_model: nn.Module, config: SkillMixConfig) -> int:
         with torch.device("meta"):
             layer = LAYERS[config.method](nn.Linear(d_in, d_out), config, RoutingContext(), name)
         total += sum(p.numel() for p in layer._adapter_parameters())
-    if config.method == "orchmoe" and config.task_router == "attention":
+    if config.has_task_router:
         d_model = base_model.get_input_embeddings().embedding_dim
         total += (d_model + config.n_abstract_tasks) * config.router_dim
     return total
