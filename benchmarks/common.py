@@ -7,6 +7,7 @@ methods live in one process at once and can be timed round-robin.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import platform
 import statistics
@@ -321,6 +322,13 @@ def peak_rss_mb() -> float:
 
 def run_subprocess(args: list[str]) -> str:
     return subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True).stdout
+
+
+def write_results(path: str, results: list[dict], machine: dict, args, elapsed: float) -> None:
+    """The benchmark's --json file: {"results", "machine", "args", "elapsed_s"}."""
+    with open(path, "w") as f:
+        json.dump({"results": results, "machine": machine, "args": vars(args), "elapsed_s": elapsed}, f, indent=1)
+    print(f"wrote {path}", file=sys.stderr, flush=True)
 
 
 def fmt_table(rows: list[list[Any]], header: list[str]) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import tempfile
@@ -182,9 +181,7 @@ def main(argv=None) -> None:
           f"torch {machine['torch']}, {args.dtype} on {args.device}; total {elapsed:.0f}s")
     print_table(results)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"results": results, "machine": machine, "args": vars(args), "elapsed_s": elapsed}, f, indent=1)
-        log(f"wrote {args.json}")
+        common.write_results(args.json, results, machine, args, elapsed)
 
 
 if __name__ == "__main__":

@@ -216,9 +216,7 @@ def main(argv=None) -> None:
           f"step ms = median {'process CPU' if clock == 'cpu' else 'wall'} time per step")
     print_table(results)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"results": results, "machine": machine, "args": vars(args), "elapsed_s": elapsed}, f, indent=1)
-        log(f"wrote {args.json}")
+        common.write_results(args.json, results, machine, args, elapsed)
 
 
 if __name__ == "__main__":
