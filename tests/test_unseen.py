@@ -263,3 +263,40 @@ def test_runs_started_before_the_unseen_options_still_resume(tmp_path):
     assert prepare_output_dir(cfg, overwrite=False, resume=True) == tmp_path
     with pytest.raises(SkillMixError, match=r"options differ .*\(unseen_tasks\)"):
         prepare_output_dir(TrainConfig(output_dir=str(tmp_path), unseen_tasks=0.2), overwrite=False, resume=True)
+
+
+def test_runs_without_a_hold_out_score_and_adapt_on_tasks_they_never_trained_on(tmp_path, capsys):
+    """A seen-task run (no unseen split) evaluated zero-shot on named tasks and adapted to one of them:
+    its own tasks and instance splits stay exactly the training ones; a training task is refused."""
+    from skillmix.train import with_unseen_tasks
+
+    cfg = TrainConfig(**{**TINY, "unseen_tasks": None, "tasks": 3, "method": "poly", "output_dir": str(tmp_path / "run")},
+                      adapter={"n_skills": 2})
+    summary = train(cfg)
+    seen = load_data(cfg)
+    others = [t for t in sorted(load_data(TrainConfig(**{**TINY, "unseen_tasks": None, "tasks": 8, "output_dir": "x"})).tasks)
+              if t not in seen.tasks][:2]
+    pinned = load_data(with_unseen_tasks(cfg, others))
+    assert pinned.task_names == seen.task_names and sorted(pinned.unseen.tasks) == others
+    for part in ("train", "test"):
+        assert [i.id for i in getattr(pinned, part)] == [i.id for i in getattr(seen, part)]
+    with pytest.raises(SkillMixError, match=rf"--unseen-tasks: task '{summary['tasks'][0]}' is a training task of the run"):
+        with_unseen_tasks(cfg, [summary["tasks"][0], others[0]])
+    base = load_base_model("tiny-llama")
+    metrics = evaluate_run(tmp_path / "run", split="unseen", unseen_tasks=others, max_new_tokens=4, base=base)
+    assert sorted(metrics["per_task"]) == others and metrics["num_examples"] == 2 * len(others)
+    assert metrics["task_rows"] == {t: "mean of trained rows" for t in others}
+    with pytest.raises(SkillMixError, match="--unseen-tasks with --split test: expected --split unseen"):
+        evaluate_run(tmp_path / "run", unseen_tasks=others, base=base)
+    result = adapt(tmp_path / "run", others[0], shots=2, params="routing", steps=1, output_dir=tmp_path / "new")
+    assert result["task_id"] == len(summary["tasks"]) and len(result["losses"]) == 1
+    adapted = evaluate_run(tmp_path / "new", split="unseen", max_new_tokens=4, base=load_base_model("tiny-llama"))
+    assert list(adapted["per_task"]) == [others[0]] and adapted["num_examples"] == 2
+    with pytest.raises(SkillMixError, match=rf"--task '{summary['tasks'][0]}' is a training task of .*expected a task it "
+                                            "never trained on"):
+        adapt(tmp_path / "run", summary["tasks"][0], shots=1, params="all")
+    assert main(["eval", "--adapter", str(tmp_path / "run"), "--split", "unseen", "--unseen-tasks", "0.5"]) == 2
+    assert "--unseen-tasks 0.5 with --adapter: expected comma-separated task names" in capsys.readouterr().err
+    assert main(["eval", "--adapter", str(tmp_path / "run"), "--split", "unseen", "--unseen-tasks", others[1],
+                 "--max-new-tokens", "4", "--output-dir", str(tmp_path / "zs")]) == 0
+    assert list(json.loads((tmp_path / "zs" / "metrics_unseen.json").read_text())["per_task"]) == [others[1]]

@@ -34,7 +34,7 @@ from .errors import SkillMixError
 from .evaluate import ADAPT_SUMMARY
 from .io import atomic_write_text
 from .model import SkillMixModel, load_model
-from .train import RUN_CONFIG, TrainConfig, encode, global_batches, load_data
+from .train import RUN_CONFIG, TrainConfig, encode, global_batches, load_data, with_unseen_tasks
 
 PARAMS = ("routing", "all")
 DEFAULT_STEPS = 30  # optimizer steps when shots > 0 (batches cycle over the k shots in seeded epochs)
@@ -47,13 +47,19 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_dict(json.loads((run_dir / RUN_CONFIG).read_text()), source=str(run_dir / RUN_CONFIG))
 
 
-def few_shot_pool(cfg: TrainConfig, task: str, run_dir: Path | str = "the run") -> tuple[MultiTaskData, list]:
-    """(the run's data, the task's adaptation pool in its seeded order), with one-line errors for a task
-    that is a training task, not an unseen task of the run, or not in the data."""
+def few_shot_pool(cfg: TrainConfig, task: str, run_dir: Path | str = "the run") -> tuple[TrainConfig, MultiTaskData, list]:
+    """(the run's config, its data, the task's adaptation pool in its seeded order), with one-line errors for a
+    task that is a training task, not an unseen task of the run, or not in the data. A run trained without a
+    hold-out takes `task` as its unseen task (`with_unseen_tasks`; the returned config says so)."""
     data = load_data(cfg)
-    if data.unseen is None:
-        raise SkillMixError(f"{run_dir} holds no unseen tasks; expected a run trained with --unseen-tasks FRACTION|NAMES "
-                            "or --unseen-categories NAMES")
+    if data.unseen is None:  # a run trained without a hold-out: any task it never trained on
+        if task in data.tasks:
+            raise SkillMixError(f"--task {task!r} is a training task of {run_dir}; expected a task it never trained on")
+        if task not in list_tasks(cfg.data_dir):
+            raise SkillMixError(f"--task {task!r} is not in the data ({cfg.data_dir or 'default data dir'}); expected a "
+                                "task it never trained on")
+        cfg = with_unseen_tasks(cfg, [task], "--task")
+        data = load_data(cfg)
     unseen = data.unseen.task_names
     if task in data.tasks:
         raise SkillMixError(f"--task {task!r} is a training task of {run_dir}; expected one of its unseen tasks: "
@@ -62,7 +68,7 @@ def few_shot_pool(cfg: TrainConfig, task: str, run_dir: Path | str = "the run") 
         known = task in list_tasks(cfg.data_dir)
         raise SkillMixError(f"--task {task!r} is {'not an unseen task of ' + str(run_dir) if known else 'not in the data'}"
                             f"; expected one of the run's unseen tasks: " + ", ".join(unseen))
-    return data, [inst for inst in data.unseen.train if inst.task == task]
+    return cfg, data, [inst for inst in data.unseen.train if inst.task == task]
 
 
 def trainable_masks(model: SkillMixModel, params: str, new_row: int | None = None) -> dict[str, torch.Tensor | None]:
@@ -105,7 +111,7 @@ def adapt(run_dir: str | Path, task: str, shots: int, params: str = "routing", o
         raise SkillMixError(f"--params {params!r}: expected one of {', '.join(PARAMS)}")
     if not isinstance(shots, int) or shots < 0:
         raise SkillMixError(f"--shots {shots!r}: expected a non-negative integer")
-    data, pool = few_shot_pool(cfg, task, run_dir)
+    cfg, data, pool = few_shot_pool(cfg, task, run_dir)
     n_eval = sum(inst.task == task for inst in data.unseen.test)
     if shots > len(pool):
         raise SkillMixError(f"--shots {shots}: task {task!r} has {len(pool)} instances outside its {n_eval} evaluation "

@@ -245,9 +245,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from skillmix.hub import load_base_model
 
     options = dict(split=args.split, batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit)
-    output_dir = _collect(args, "train").get("output_dir")
-    if args.adapter:
-        metrics = evaluate_run(args.adapter, output_dir=output_dir, **options)
+    collected = _collect(args, "train")
+    output_dir = collected.get("output_dir")
+    if args.adapter:  # --unseen-tasks NAMES: score the run zero-shot on these tasks (never trained on)
+        unseen = collected.get("unseen_tasks")
+        if unseen is not None and not isinstance(unseen, list):
+            raise SkillMixError(f"--unseen-tasks {unseen!r} with --adapter: expected comma-separated task names")
+        metrics = evaluate_run(args.adapter, output_dir=output_dir, unseen_tasks=unseen, **options)
         _print_metrics(metrics, output_dir or args.adapter)
         return 0
     if not output_dir:
@@ -371,8 +375,9 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.set_defaults(func=cmd_compare)
 
     adapt = commands.add_parser("adapt", help="few-shot adaptation of a trained adapter to one unseen task")
-    adapt.add_argument("--adapter", required=True, help="output directory of 'skillmix train' (with unseen tasks)")
-    adapt.add_argument("--task", required=True, help="an unseen task of that run")
+    adapt.add_argument("--adapter", required=True, help="output directory of 'skillmix train'")
+    adapt.add_argument("--task", required=True, help="an unseen task of that run (of a run without a hold-out: any "
+                       "task it never trained on)")
     adapt.add_argument("--shots", required=True, type=_non_negative_int,
                        help="k: train on the first k instances of the task's adaptation pool (0: zero-shot adapter)")
     adapt.add_argument("--params", default="routing", choices=("routing", "all"),

@@ -14,7 +14,7 @@ from .errors import SkillMixError
 from .io import atomic_write_text
 from .metrics import superni_metrics
 from .model import SkillMixModel, load_model
-from .train import RUN_CONFIG, TrainConfig, encode, load_data
+from .train import RUN_CONFIG, TrainConfig, encode, load_data, with_unseen_tasks
 
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
@@ -71,11 +71,14 @@ def output_files(split: str) -> tuple[str, str]:
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", batch_size: int = 8, max_new_tokens: int = 128,
-                 output_dir: str | Path | None = None, base=None, limit: int | None = None) -> dict[str, Any]:
+                 output_dir: str | Path | None = None, base=None, limit: int | None = None,
+                 unseen_tasks: list[str] | None = None) -> dict[str, Any]:
     """Evaluate the adapter in `run_dir` (a `skillmix train` or `skillmix adapt` output) on its held-out split.
 
     split="unseen": zero-shot on the evaluation instances of the run's unseen tasks, or, for an adapted
     directory (`adapt_summary.json` present), on the evaluation instances of its adapted task only.
+    `unseen_tasks` (names) replaces the run's unseen tasks by these tasks, which it must never have trained
+    on: any trained run, also one trained without a hold-out, can be scored zero-shot on new tasks.
     """
     from .hub import load_base_model
 
@@ -83,6 +86,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test", batch_size: int = 8, 
     if not (run_dir / RUN_CONFIG).is_file():
         raise SkillMixError(f"--adapter {run_dir}: no {RUN_CONFIG}; expected the output directory of 'skillmix train'")
     cfg = TrainConfig.from_dict(json.loads((run_dir / RUN_CONFIG).read_text()), source=str(run_dir / RUN_CONFIG))
+    if unseen_tasks is not None:
+        if split != "unseen":
+            raise SkillMixError(f"--unseen-tasks with --split {split}: expected --split unseen")
+        cfg = with_unseen_tasks(cfg, unseen_tasks)
     tasks = None
     if split == "unseen" and (run_dir / ADAPT_SUMMARY).is_file():
         tasks = [json.loads((run_dir / ADAPT_SUMMARY).read_text())["task"]]

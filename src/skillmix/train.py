@@ -151,6 +151,21 @@ def load_data(cfg: TrainConfig):
                                unseen=cfg.unseen_tasks, unseen_categories=cfg.unseen_categories)
 
 
+def with_unseen_tasks(cfg: TrainConfig, names: list[str], option: str = "--unseen-tasks") -> TrainConfig:
+    """`cfg` with `names` as its unseen tasks and its seen tasks pinned by name: lets a trained run (with or
+    without a hold-out) be evaluated zero-shot on, or adapted to, tasks it never trained on. The seen
+    tasks and their instance splits are the run's own; a name that is a training task is an error."""
+    names = [names] if isinstance(names, str) else list(names)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise SkillMixError(f"{option}: expected one or more task names")
+    seen = load_data(cfg).task_names
+    overlap = sorted(set(names) & set(seen))
+    if overlap:
+        raise SkillMixError(f"{option}: task {overlap[0]!r} is a training task of the run; expected tasks it never "
+                            "trained on")
+    return dataclasses.replace(cfg, tasks=list(seen), unseen_tasks=sorted(set(names)), unseen_categories=None)
+
+
 def encode(cfg: TrainConfig, data, split: str, tokenizer, kind: str):
     return encode_examples(data, split, tokenizer, kind, num_pos_examples=cfg.num_pos_examples,
                            max_source_tokens=cfg.max_source_tokens, max_target_tokens=cfg.max_target_tokens)
