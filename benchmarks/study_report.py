@@ -84,6 +84,108 @@ def variant_rows(stage_dir: Path) -> list[dict]:
     return rows
 
 
+def unseen_section(u: dict, docs: Path) -> list[str]:
+    """Zero-shot on tasks never trained on, few-shot adaptation curves and routing of unseen prompts."""
+    base = u["base"]
+    out = ["## Unseen tasks", "",
+           "Protocol (docs/unseen.md; `benchmarks/unseen_study.py`, stage 2 of `run_study.sh`): the 10-task runs above "
+           f"are scored on tasks they never trained on. Unseen tasks = {u['selection']}; per task the first "
+           f"{SEEN['n_test']} seeded instances are the evaluation set, the others the adaptation pool. Same prompts "
+           "(Definition + 2 positive examples). Poly/MHR have no row for a new task and use the mean of the trained "
+           "rows' weights (METHODS.md OA-17); OrchMoE, MoLoRA, MoLoRA-SD and MoDE route as on seen tasks.", "",
+           "| unseen task | category |", "|---|---|", *[f"| {t} | {c} |" for t, c in u["unseen_tasks"].items()], "",
+           "Caveat: an unseen task is not always unseen data. Same SuperNI `Source` as a training task: "
+           + ("; ".join(f"{task} ← {', '.join(seen)}" for task, seen in u.get("source_overlap", {}).items()) or "none")
+           + ". Same category as a training task: "
+           + ("; ".join(f"{task} ({u['unseen_tasks'][task]}) ← {', '.join(seen)}"
+                        for task, seen in u.get("category_overlap", {}).items()) or "none") + ".", "",
+           "### Zero-shot", "",
+           f"Seeds {u['seeds']} (the training seeds of the 10-task runs); mean ± 95% t-interval; W/T/L = unseen tasks "
+           "where the method's ROUGE-L (mean over seeds) is above / equal to / below the base model's.", "",
+           "| method | ROUGE-1 | ROUGE-L | ROUGE-Lsum | EM | ROUGE-L macro | tasks W/T/L vs base | seeds | beats the base? |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    if base:
+        out.append(f"| base (no adapter) | {base['rouge1']:.2f} | {base['rougeL']:.2f} | {base['rougeLsum']:.2f} | "
+                   f"{base['exact_match']:.2f} | {base['rougeL_macro']:.2f} | – | – | – |")
+    for method, r in u["zeroshot"].items():
+        w = r.get("tasks_vs_base")
+        (m, ci) = r["rougeL"]
+        verdict = "–" if not base else ("yes (CI above)" if m - ci > base["rougeL"] else
+                                        "no: below (CI below)" if m + ci < base["rougeL"] else "no: within the CI")
+        if r["seeds"] < 2 and base:
+            verdict = f"{m - base['rougeL']:+.2f} (1 seed)"
+        wtl = f"{w['win']}/{w['tie']}/{w['loss']}" if w else "–"
+        out.append(f"| {method} | {fmt(r['rouge1'])} | {fmt(r['rougeL'])} | {fmt(r['rougeLsum'])} | {fmt(r['exact_match'])} | "
+                   f"{fmt(r['rougeL_macro'])} | {wtl} | {r['seeds']} | {verdict} |")
+    out.append("")
+    if base:
+        names = list(u["unseen_tasks"])
+        out += ["Per unseen task (ROUGE-L, mean over seeds):", "",
+                "| task | base | " + " | ".join(u["zeroshot"]) + " |", "|---|---|" + "---|" * len(u["zeroshot"])]
+        for t in names:
+            out.append(f"| {t} | {base['per_task_rougeL'][t]:.1f} | "
+                       + " | ".join(f"{r['per_task_rougeL'][t]:.1f}" for r in u["zeroshot"].values()) + " |")
+        out.append("")
+    rows = u["adapt"]
+    if any(r["k"] > 0 for r in rows):
+        configs = list(dict.fromkeys((r["method"], r["params"]) for r in rows))
+        shots = sorted({r["k"] for r in rows})
+        out += ["### Few-shot adaptation", "",
+                f"`skillmix adapt --adapter RUN --task T --shots K --params routing|all --steps "
+                f"{max(r.get('steps', 0) for r in rows)}` from the "
+                f"seed-0 run, on {', '.join(u['adapt_tasks'])} (two unseen tasks of different categories); k shots are "
+                "the first k of the task's adaptation pool (smaller k ⊂ larger k), never its evaluation instances; k = 0 is "
+                "the zero-shot score. Batch min(8, k); lr "
+                + ", ".join(sorted({f"{r['lr']:g} for --params {r['params']}" for r in rows if 'lr' in r})) + ". "
+                f"ROUGE-L on the task's {SEEN['n_test']} evaluation instances, 1 seed ({SEEN['n_test']} instances per "
+                "task: differences under ~10 points are noise).", "",
+                "| method | params | trainable | " + " | ".join(f"{t.split('_')[0]} k={k}" for t in u["adapt_tasks"] for k in shots)
+                + " | mean k=" + " / ".join(map(str, shots)) + " | wall per adapt (s) |",
+                "|---|---|---|" + "---|" * (len(u["adapt_tasks"]) * len(shots) + 2)]
+        curves = {}
+        for method, params in configs:
+            sel = {(r["task"], r["k"]): r for r in rows if (r["method"], r["params"]) == (method, params)}
+            cells = [f"{sel[(t, k)]['rougeL']:.1f}" if (t, k) in sel else "–" for t in u["adapt_tasks"] for k in shots]
+            means = [sum(sel[(t, k)]["rougeL"] for t in u["adapt_tasks"]) / len(u["adapt_tasks"])
+                     if all((t, k) in sel for t in u["adapt_tasks"]) else None for k in shots]
+            curves[f"{method} ({params})"] = means
+            trainable = max((r["trainable_params"] for r in sel.values()), default=0)
+            walls = [r["adapt_wall_s"] for r in sel.values() if r["k"] > 0]
+            wall = f"{sum(walls) / len(walls):.0f}" if walls else "–"
+            out.append(f"| {method} | {params} | {trainable:,d} | " + " | ".join(cells) + " | "
+                       + " / ".join("–" if m is None else f"{m:.1f}" for m in means) + f" | {wall} |")
+        out.append("")
+        from matplotlib.figure import Figure
+        fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+        ax = fig.subplots()
+        for label, means in curves.items():
+            ks = [k for k, m in zip(shots, means) if m is not None]
+            ax.plot(ks, [m for m in means if m is not None], marker="o", label=label)
+        if base:
+            ax.axhline(sum(base["per_task_rougeL"][t] for t in u["adapt_tasks"]) / len(u["adapt_tasks"]), color="grey",
+                       ls="--", label="base (no adapter)")
+        ax.set_xlabel("shots k"); ax.set_ylabel("ROUGE-L (mean of the adapted tasks)"); ax.set_xticks(shots)
+        ax.legend(fontsize=7); ax.set_title("few-shot adaptation to unseen tasks", fontsize=9)
+        fig.savefig(docs / "unseen_adapt.png", dpi=120)
+        out += ["![ROUGE-L against k](unseen_adapt.png)", ""]
+    routing = u.get("routing")
+    if routing:
+        out += ["### How OrchMoE routes unseen tasks", "",
+                "`skillmix inspect RUN --split unseen --unseen-tasks ...` (seed 0; plots in `results/unseen/inspect/`): "
+                "mean task-router weights w over each unseen task's prompts, its skill mix (w · σ(Θ), mean over "
+                "layers) and the seen task whose mean w is closest (cosine).", "",
+                "| unseen task | category | mean w | skill mix | closest seen task (category) |", "|---|---|---|---|---|"]
+        for t, r in routing["tasks"].items():
+            out.append(f"| {t} | {r['category']} | {', '.join(f'{x:.3f}' for x in r['mean_w'])} | "
+                       f"{', '.join(f'{x:.3f}' for x in r['skill_mix'])} | {r['closest_seen_task']} ({r['closest_seen_category']}; cos {r['cosine']:.4f}) |")
+        lo, hi = routing["w_range_unseen"]
+        out += ["", f"All mean weights lie in [{lo:.4f}, {hi:.4f}]. Total-variation distance between unseen tasks' mean w: "
+                f"{routing['tv_same_category'] if routing['tv_same_category'] is not None else float('nan'):.5f} within a category, "
+                f"{routing['tv_different_category']:.5f} across categories; NMI of argmax-w against the true task: "
+                f"{routing['nmi_seen']:.3f} (seen), {routing['nmi_unseen']:.3f} (unseen).", ""]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", default="results")
@@ -164,9 +266,21 @@ def main() -> None:
     mode_rows = variant_rows(res / "mode")
     if mode_rows:
         out += ["## MoDE configurations against MoLoRA-SD (10 tasks, seed 0, same budget)", "", *table(mode_rows, "variant"), ""]
+    lr_rows = variant_rows(res / "lr")
+    if lr_rows:
+        out += ["## Learning-rate check: do the mixtures only need a larger step? (10 tasks, seed 0)", "",
+                f"The same runs as the main table with lr 4e-3 instead of {SEEN['lr']:g} (everything else equal).", "",
+                *table(lr_rows, "variant"), ""]
     large = collect(res / "large" / "all")
     if large:
         out += ["## Larger setting: all available tasks", "", *table(large["rows"]), ""]
+        base = load(res / "large" / "base" / "metrics.json")
+        if base:
+            out += [f"Base model without adapter on the same held-out instances: ROUGE-L {base['rougeL']:.2f}, "
+                    f"EM {base['exact_match']:.2f} (`results/large/base/`).", ""]
+    unseen = load(res / "unseen" / "results.json")
+    if unseen:
+        out += unseen_section(unseen, Path(args.out).parent)
     Path(args.out).write_text("\n".join(out) + "\n")
     print(f"wrote {args.out}")
 

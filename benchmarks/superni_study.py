@@ -4,7 +4,7 @@ Resumable: every run lives in RUNS/<stage>/<variant>/<method>/seed<k> (finished 
 run resumes from its checkpoint); after each stage the small result files (configs, summaries, metrics,
 tables, plots; never weights) are copied into results/<stage>/ so they can be committed.
 
-    python benchmarks/superni_study.py --stages main10,ablations,mode,large [--runs-dir runs/study]
+    python benchmarks/superni_study.py --stages main10,ablations,mode,large,lr [--runs-dir runs/study]
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ BUDGET = 460_800  # LoRA r=8 on q_proj, v_proj of SmolLM2-135M
 SEEN = dict(model="SmolLM2-135M-Instruct", tasks=10, data_seed=0, n_test=8, max_train_instances=12,
             max_source_tokens=256, max_target_tokens=32, batch_size=8, epochs=1, lr=1e-3, warmup_ratio=0.1,
             save_steps=5)
-LARGE = {**SEEN, "tasks": 89, "n_test": 2, "max_train_instances": 4}
+LARGE = {**SEEN, "tasks": 89, "n_test": 2, "max_train_instances": 2}  # 178 train prompts: 23 steps
 EVAL = dict(max_new_tokens=32, batch_size=16)
 ORCH_ABLATIONS = {  # variant -> adapter fields (method orchmoe, budget-matched through r)
     "N1": {"n_abstract_tasks": 1}, "N2": {"n_abstract_tasks": 2}, "N8": {"n_abstract_tasks": 8},
@@ -38,6 +38,7 @@ MODE_VARIANTS = {  # MoDE m x p (experts per group x expert rank) against MoLoRA
     "mode_m4_p2": ("mode", {"num_experts": 4, "expert_rank": 2}),
     "molora_sd_m8": ("molora_sd", {"num_experts": 8}),
 }
+LR_VARIANTS = {"lr4e-3": ["molora", "poly", "orchmoe"]}  # do the mixtures only need a larger step? (seed 0)
 KEEP = ("train_config.json", "train_summary.json", "metrics.json", "metrics.jsonl", "predictions.jsonl", "adapter_config.json",
         "results.md", "results.json", "results.png", "inspect.json")
 
@@ -55,12 +56,23 @@ def run(stage: str, variant: str, methods: list[str], seeds: list[int], settings
 def copy_small_files(runs: Path, stage: str, dest: Path) -> None:
     """Mirror every small result file of a stage into results/<stage> (no weights, no checkpoints)."""
     for path in (runs / stage).rglob("*"):
-        finished = (path.parent / "metrics.json").is_file() or path.parent.name.startswith("inspect") or \
+        finished = (path.parent / "metrics.json").is_file() or path.parent.name == "base" or path.parent.name.startswith("inspect") or \
             path.name.startswith("results")
         if path.is_file() and finished and (path.name in KEEP or path.suffix == ".png"):
             target = dest / stage / path.relative_to(runs / stage)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+
+
+def base_floor(runs: Path, stage: str, settings: dict) -> None:
+    """The base model without adapter on the stage's held-out instances, same prompts (RUNS/<stage>/base)."""
+    from skillmix.evaluate import evaluate_model
+    from skillmix.hub import load_base_model
+
+    out = runs / stage / "base"
+    if not (out / "metrics.json").is_file():
+        model, tokenizer, kind = load_base_model(settings["model"])
+        evaluate_model(model, tokenizer, kind, TrainConfig(**settings, output_dir=str(out)), out, split="test", **EVAL)
 
 
 def inspect_orchmoe(runs: Path, stage: str) -> None:
@@ -73,7 +85,7 @@ def inspect_orchmoe(runs: Path, stage: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", default="main10,ablations,mode,large")
+    parser.add_argument("--stages", default="main10,ablations,mode,large,lr")
     parser.add_argument("--runs-dir", default="runs/study")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--seeds", default="0,1,2")
@@ -88,6 +100,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     for stage in args.stages.split(","):
         if stage == "main10":
+            base_floor(runs, stage, SEEN)
             for k in range(1, len(seeds) + 1):  # all methods for seed 0 first, then add seeds
                 run(stage, "all", METHODS, seeds[:k], SEEN, runs)
                 copy_small_files(runs, stage, dest)
@@ -100,7 +113,12 @@ def main() -> None:
             for variant, (method, fields) in MODE_VARIANTS.items():
                 run(stage, variant, [method], seeds[:1], SEEN, runs, adapter=fields)
                 copy_small_files(runs, stage, dest)
+        elif stage == "lr":
+            for variant, methods in LR_VARIANTS.items():
+                run(stage, variant, methods, seeds[:1], {**SEEN, "lr": float(variant[2:])}, runs)
+                copy_small_files(runs, stage, dest)
         elif stage == "large":
+            base_floor(runs, stage, LARGE)
             run(stage, "all", METHODS, seeds[:1], LARGE, runs)
             inspect_orchmoe(runs, stage)
         else:
