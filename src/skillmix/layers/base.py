@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.modules.module import _global_forward_hooks
 
 from ..config import SkillMixConfig
-from ..routing import RoutingContext
+from ..routing import RoutingContext, load_balancing_loss
 
 try:  # GPT-2 style layers store the weight as [d_in, d_out]
     from transformers.pytorch_utils import Conv1D
@@ -37,6 +37,7 @@ class AdapterLayer(nn.Module):
     """Wraps a frozen linear layer: y = base(x) + delta(x). Subclasses add parameters and `delta`."""
 
     routing: ClassVar[str] = "none"  # "none" | "token" | "sequence"
+    router_dims: ClassVar[int] = 1  # token-routed layers: trailing dims of the router's probabilities
 
     def __init__(self, base_layer: nn.Module, config: SkillMixConfig, context: RoutingContext, name: str):
         super().__init__()
@@ -58,6 +59,14 @@ class AdapterLayer(nn.Module):
     def reset_parameters(self, config: SkillMixConfig) -> None:
         """Create and initialise the adapter's parameters."""
         raise NotImplementedError
+
+    def record_token_routing(self, probs: torch.Tensor, lead: torch.Size) -> None:
+        """Keep a token router's probabilities ([*lead, ...] or flattened [N, ...]) for `last_routing()` as
+        [B, T, ...], and add their load-balancing loss while training (`balance_coef` > 0)."""
+        batch_time = tuple(lead) if len(lead) == 2 else (lead[0], 1)
+        self.context.record[self.name] = probs.detach().reshape(*batch_time, *probs.shape[probs.dim() - self.router_dims:])
+        if self.balance_coef > 0 and self.training:
+            self.context.aux_losses.append(self.balance_coef * load_balancing_loss(probs))
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """The adapter's contribution for input x [B, T, d_in] -> [B, T, d_out]."""

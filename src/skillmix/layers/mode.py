@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..routing import load_balancing_loss, token_router_probs
+from ..routing import token_router_probs
 from .base import AdapterLayer, init_uniform_
 
 
 class MoDELayer(AdapterLayer):
     routing = "token"
+    router_dims = 2  # [.., G, m]: a softmax per group
 
     def group_size(self, config) -> int:
         return config.expert_rank
@@ -43,9 +44,7 @@ class MoDELayer(AdapterLayer):
         else:
             u, logits = F.linear(self.dropout(x2), self.lora_A), F.linear(x2, router)
         probs = token_router_probs(logits.unflatten(-1, (g, m)), self.top_k)  # [N, G, m], softmax per group
-        self.context.record[self.name] = probs.detach().view(*(lead if len(lead) == 2 else (lead[0], 1)), g, m)
-        if self.balance_coef > 0 and self.training:
-            self.context.aux_losses.append(self.balance_coef * load_balancing_loss(probs))
+        self.record_token_routing(probs, lead)
         gated = (probs.to(u.dtype).unsqueeze(-1) * u.unflatten(-1, (g, 1, p))).flatten(-3)  # [N, G*m*p]
         up = self.derived("up", self._up, self.lora_B)
         return self.accumulate_(result, gated, up.t(), self.scaling).view(*lead, self.out_features)
@@ -59,9 +58,7 @@ class MoDELayer(AdapterLayer):
         g, m, p = self.groups, self.num_experts, self.p
         logits = F.linear(x, self.router.reshape(g * m, -1)).unflatten(-1, (g, m))  # [B, T, G, m]
         probs = token_router_probs(logits, self.top_k)  # softmax per group
-        self.context.record[self.name] = probs.detach()
-        if self.balance_coef > 0 and self.training:
-            self.context.aux_losses.append(self.balance_coef * load_balancing_loss(probs))
+        self.record_token_routing(probs, x.shape[:-1])
         u = F.linear(self.dropout(x), self.lora_A).unflatten(-1, (g, 1, p))  # [B, T, G, 1, p]
         gated = (probs.to(u.dtype).unsqueeze(-1) * u).flatten(-3)  # [B, T, G*m*p]
         return F.linear(gated, self._up()) * self.scaling

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..routing import load_balancing_loss, token_router_probs
+from ..routing import token_router_probs
 from .base import AdapterLayer, init_uniform_
 
 
@@ -36,24 +36,16 @@ class MoLoRALayer(AdapterLayer):
             u, logits = z[:, : e * r], z[:, e * r:]
         else:
             u, logits = F.linear(self.dropout(x2), down), F.linear(x2, self.router)
-        probs = self._route(logits, x.shape[:-1])  # [N, E]
+        probs = token_router_probs(logits, self.top_k)  # [N, E]
+        self.record_token_routing(probs, x.shape[:-1])
         gated = (u.unflatten(-1, (e, r)) * probs.to(u.dtype).unsqueeze(-1)).flatten(-2)  # [N, E*r]
         up = self.derived("up", lambda: self.lora_B.permute(1, 0, 2).reshape(self.out_features, e * r), self.lora_B)
         return self.accumulate_(result, gated, up.t(), self.scaling).view(*x.shape[:-1], self.out_features)
 
-    def _route(self, logits: torch.Tensor, lead: torch.Size) -> torch.Tensor:
-        probs = token_router_probs(logits, self.top_k)
-        self.context.record[self.name] = probs.detach().view(*lead, -1) if len(lead) == 2 else probs.detach().view(lead[0], 1, -1)
-        if self.balance_coef > 0 and self.training:
-            self.context.aux_losses.append(self.balance_coef * load_balancing_loss(probs))
-        return probs
-
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         e, r = self.num_experts, self.r
         probs = token_router_probs(F.linear(x, self.router), self.top_k)  # [B, T, E]
-        self.context.record[self.name] = probs.detach()
-        if self.balance_coef > 0 and self.training:
-            self.context.aux_losses.append(self.balance_coef * load_balancing_loss(probs))
+        self.record_token_routing(probs, x.shape[:-1])
         u = F.linear(self.dropout(x), self.lora_A.reshape(e * r, -1))  # [B, T, E*r]
         gated = (u.unflatten(-1, (e, r)) * probs.to(u.dtype).unsqueeze(-1)).flatten(-2)  # [B, T, E*r]
         up = self.lora_B.permute(1, 0, 2).reshape(self.out_features, e * r)  # [d_out, E*r]
