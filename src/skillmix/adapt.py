@@ -34,17 +34,11 @@ from .errors import SkillMixError
 from .evaluate import ADAPT_SUMMARY
 from .io import atomic_write_text
 from .model import SkillMixModel, load_model
-from .train import RUN_CONFIG, TrainConfig, encode, global_batches, load_data, with_unseen_tasks
+from .train import RUN_CONFIG, TrainConfig, encode, global_batches, load_data, read_run_config, with_unseen_tasks
 
 PARAMS = ("routing", "all")
 DEFAULT_STEPS = 30  # optimizer steps when shots > 0 (batches cycle over the k shots in seeded epochs)
 ROUTING_LR_FACTOR = 10.0  # default lr: 10x the run's lr for params="routing", the run's lr for "all"
-
-
-def read_run_config(run_dir: Path) -> TrainConfig:
-    if not (run_dir / RUN_CONFIG).is_file():
-        raise SkillMixError(f"--adapter {run_dir}: no {RUN_CONFIG}; expected the output directory of 'skillmix train'")
-    return TrainConfig.from_dict(json.loads((run_dir / RUN_CONFIG).read_text()), source=str(run_dir / RUN_CONFIG))
 
 
 def few_shot_pool(cfg: TrainConfig, task: str, run_dir: Path | str = "the run") -> tuple[TrainConfig, MultiTaskData, list]:

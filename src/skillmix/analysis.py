@@ -16,7 +16,7 @@ from .data import Collator, model_inputs
 from .errors import SkillMixError
 from .io import atomic_write_text
 from .model import SkillMixModel, load_model
-from .train import RUN_CONFIG, TrainConfig, encode, load_data, with_unseen_tasks
+from .train import TrainConfig, encode, load_data, read_run_config
 
 INSPECT = "inspect.json"
 # Cross-attention key/value projections of a seq2seq decoder read encoder states.
@@ -283,15 +283,9 @@ def inspect_run(run_dir: str | Path, output_dir: str | Path | None = None, split
     from .hub import load_base_model
 
     run_dir = Path(run_dir)
-    if not (run_dir / RUN_CONFIG).is_file():
-        raise SkillMixError(f"{run_dir}: no {RUN_CONFIG}; expected the output directory of 'skillmix train'")
     if split not in ("train", "test", "unseen"):
         raise SkillMixError(f"split must be 'train', 'test' or 'unseen', got {split!r}")
-    cfg = TrainConfig.from_dict(json.loads((run_dir / RUN_CONFIG).read_text()), source=str(run_dir / RUN_CONFIG))
-    if unseen_tasks is not None:
-        if split != "unseen":
-            raise SkillMixError(f"--unseen-tasks with --split {split}: expected --split unseen")
-        cfg = with_unseen_tasks(cfg, unseen_tasks)
+    cfg = read_run_config(run_dir, split, unseen_tasks, option="inspect")
     out = Path(output_dir) if output_dir is not None else run_dir / ("inspect_unseen" if split == "unseen" else "inspect")
     out.mkdir(parents=True, exist_ok=True)
     base_model, tokenizer, kind = base if base is not None else load_base_model(cfg.model)

@@ -14,7 +14,7 @@ from .errors import SkillMixError
 from .io import atomic_write_text
 from .metrics import superni_metrics
 from .model import SkillMixModel, load_model
-from .train import RUN_CONFIG, TrainConfig, encode, load_data, with_unseen_tasks
+from .train import TrainConfig, encode, load_data, read_run_config
 
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
@@ -83,13 +83,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", batch_size: int = 8, 
     from .hub import load_base_model
 
     run_dir = Path(run_dir)
-    if not (run_dir / RUN_CONFIG).is_file():
-        raise SkillMixError(f"--adapter {run_dir}: no {RUN_CONFIG}; expected the output directory of 'skillmix train'")
-    cfg = TrainConfig.from_dict(json.loads((run_dir / RUN_CONFIG).read_text()), source=str(run_dir / RUN_CONFIG))
-    if unseen_tasks is not None:
-        if split != "unseen":
-            raise SkillMixError(f"--unseen-tasks with --split {split}: expected --split unseen")
-        cfg = with_unseen_tasks(cfg, unseen_tasks)
+    cfg = read_run_config(run_dir, split, unseen_tasks)
     tasks = None
     if split == "unseen" and (run_dir / ADAPT_SUMMARY).is_file():
         tasks = [json.loads((run_dir / ADAPT_SUMMARY).read_text())["task"]]

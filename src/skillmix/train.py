@@ -151,6 +151,21 @@ def load_data(cfg: TrainConfig):
                                unseen=cfg.unseen_tasks, unseen_categories=cfg.unseen_categories)
 
 
+def read_run_config(run_dir: str | Path, split: str = "test", unseen_tasks: list[str] | None = None,
+                    option: str = "--adapter") -> TrainConfig:
+    """The TrainConfig of a trained run (its train_config.json); with `unseen_tasks` (split "unseen" only) the
+    config that holds these tasks out instead (`with_unseen_tasks`)."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise SkillMixError(f"{option} {run_dir}: no {RUN_CONFIG}; expected the output directory of 'skillmix train'")
+    cfg = TrainConfig.from_dict(json.loads(path.read_text()), source=str(path))
+    if unseen_tasks is not None:
+        if split != "unseen":
+            raise SkillMixError(f"--unseen-tasks with --split {split}: expected --split unseen")
+        cfg = with_unseen_tasks(cfg, unseen_tasks)
+    return cfg
+
+
 def with_unseen_tasks(cfg: TrainConfig, names: list[str], option: str = "--unseen-tasks") -> TrainConfig:
     """`cfg` with `names` as its unseen tasks and its seen tasks pinned by name: lets a trained run (with or
     without a hold-out) be evaluated zero-shot on, or adapted to, tasks it never trained on. The seen
