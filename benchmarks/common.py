@@ -331,6 +331,15 @@ def write_results(path: str, results: list[dict], machine: dict, args, elapsed: 
     print(f"wrote {path}", file=sys.stderr, flush=True)
 
 
+def finish(results: list[dict], machine: dict, args, elapsed: float, print_table, note: str = "") -> None:
+    """A benchmark's closing lines: the machine, the table, and the --json file when asked for."""
+    print(f"\nmachine: {machine['cpu']} ({machine['cores']} cores, {machine['torch_threads']} torch threads), "
+          f"torch {machine['torch']}, {args.dtype} on {args.device}; total {elapsed:.0f}s{note}")
+    print_table(results)
+    if args.json:
+        write_results(args.json, results, machine, args, elapsed)
+
+
 def fmt_table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]

@@ -177,11 +177,7 @@ def main(argv=None) -> None:
             r.update({k: shapes[k] for k in ("prompt_batch", "prompt_len", "gen_batch", "gen_prompt_len", "new_tokens", "reps")})
         results += rows
     elapsed = time.perf_counter() - t0
-    print(f"\nmachine: {machine['cpu']} ({machine['cores']} cores, {machine['torch_threads']} torch threads), "
-          f"torch {machine['torch']}, {args.dtype} on {args.device}; total {elapsed:.0f}s")
-    print_table(results)
-    if args.json:
-        common.write_results(args.json, results, machine, args, elapsed)
+    common.finish(results, machine, args, elapsed, print_table)
 
 
 if __name__ == "__main__":

@@ -211,12 +211,8 @@ def main(argv=None) -> None:
         results += rows
     elapsed = time.perf_counter() - t_start
     clock = results[0]["clock"] if results else "-"
-    print(f"\nmachine: {machine['cpu']} ({machine['cores']} cores, {machine['torch_threads']} torch threads), "
-          f"torch {machine['torch']}, {args.dtype} on {args.device}; total {elapsed:.0f}s; "
-          f"step ms = median {'process CPU' if clock == 'cpu' else 'wall'} time per step")
-    print_table(results)
-    if args.json:
-        common.write_results(args.json, results, machine, args, elapsed)
+    common.finish(results, machine, args, elapsed, print_table,
+                  f"; step ms = median {'process CPU' if clock == 'cpu' else 'wall'} time per step")
 
 
 if __name__ == "__main__":
