@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,7 @@ def evaluate_model(model, tokenizer, kind: str, cfg: TrainConfig, output_dir: st
         examples = [dataclasses.replace(ex, task_id=ids[ex.task]) for ex in examples]
         routing_note = {t: ("mean of trained rows" if restore is not None and i >= restore else f"row {i}")
                         for t, i in sorted(ids.items())}
+    t_start = time.perf_counter()
     try:
         rows = generate_predictions(model, tokenizer, kind, examples, batch_size, max_new_tokens, uses_task_ids,
                                     desc=f"eval {cfg.method if isinstance(model, SkillMixModel) else 'base'}")
@@ -150,7 +152,8 @@ def evaluate_model(model, tokenizer, kind: str, cfg: TrainConfig, output_dir: st
             model.remove_task_rows(restore)
     metrics = score(rows, data)
     metrics.update({"split": split, "num_examples": len(rows), "max_new_tokens": max_new_tokens,
-                    "truncated_prompts": truncation.sources_truncated})
+                    "truncated_prompts": truncation.sources_truncated,
+                    "generate_wall_s": round(time.perf_counter() - t_start, 2)})
     if routing_note:
         metrics["task_rows"] = routing_note  # Poly/MHR: which allocation row routed each unseen task
     out = Path(output_dir)
