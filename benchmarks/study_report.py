@@ -84,6 +84,22 @@ def variant_rows(stage_dir: Path) -> list[dict]:
     return rows
 
 
+def wall_lines(res: Path) -> list[str]:
+    """Per stage: finished runs, their summed training and generation wall time (from the result files)."""
+    lines = ["| stage | finished runs | training wall (min) | evaluation wall (min, where recorded) |", "|---|---|---|---|"]
+    for stage in ("main10", "ablations", "mode", "lr", "large", "unseen"):
+        summaries = [load(p) for p in sorted((res / stage).rglob("train_summary.json"))]
+        metrics = [load(p) for p in sorted((res / stage).rglob("metrics*.json")) if p.name != "metrics.jsonl"]
+        adapts = [load(p) for p in sorted((res / stage).rglob("adapt_summary.json"))]
+        train_s = sum(s.get("train_wall_s", 0) for s in summaries) + sum(a.get("adapt_wall_s", 0) for a in adapts)
+        eval_s = sum(m.get("generate_wall_s", 0) for m in metrics)
+        count = len(summaries) if stage != "unseen" else len(adapts)
+        if summaries or metrics or adapts:
+            lines.append(f"| {stage} | {count}{' adaptations' if stage == 'unseen' else ''} | {train_s / 60:.1f} | "
+                         f"{eval_s / 60:.1f} |")
+    return lines + [""]
+
+
 def unseen_section(u: dict, docs: Path) -> list[str]:
     """Zero-shot on tasks never trained on, few-shot adaptation curves and routing of unseen prompts."""
     base = u["base"]
@@ -212,6 +228,8 @@ def main() -> None:
         f"- Evaluation: greedy, {EVAL['max_new_tokens']} new tokens, first line of the answer, METHODS.md §6.4 metrics"
         " (rouge-score with stemming, max over references, micro mean ×100); mean ± 95% t-interval over seeds.", "",
     ]
+    out += ["Wall-clock time of the finished runs on this machine (2 CPU cores; `train_wall_s`, `adapt_wall_s`, "
+            "`generate_wall_s` in the result files):", "", *wall_lines(res)]
     main10 = collect(res / "main10" / "all")
     if main10:
         seeds = min(r["seeds"] for r in main10["rows"])
