@@ -224,7 +224,9 @@ def main() -> None:
         f"- Prompt: Definition + {SEEN['num_pos_examples'] if 'num_pos_examples' in SEEN else 2} positive examples (Tk-Instruct), at most "
         f"{SEEN['max_source_tokens']} tokens (example blocks dropped first, then the middle cut); targets ≤ {SEEN['max_target_tokens']} tokens.",
         f"- Training: AdamW, lr {SEEN['lr']}, linear decay, warm-up {SEEN['warmup_ratio']:.0%}, {SEEN['epochs']} epoch, batch {SEEN['batch_size']}."
-        " The papers' lr 5e-5 moves nothing in 15 steps; these runs are far shorter than the papers' (hours of GPU).",
+        " The lr equals the MoDE paper's (1e-3, Adafactor) and is 20× the OrchMoE paper's (5e-5, AdamW) because a run is only "
+        f"{SEEN['max_train_instances'] * SEEN['tasks'] // SEEN['batch_size']} steps, against the papers' epochs on GPUs;"
+        " the learning-rate check below repeats the mixtures at 4e-3.",
         f"- Evaluation: greedy, {EVAL['max_new_tokens']} new tokens, first line of the answer, METHODS.md §6.4 metrics"
         " (rouge-score with stemming, max over references, micro mean ×100); mean ± 95% t-interval over seeds.", "",
     ]
