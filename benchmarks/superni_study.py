@@ -117,6 +117,7 @@ def main() -> None:
             for variant, methods in LR_VARIANTS.items():
                 run(stage, variant, methods, seeds[:1], {**SEEN, "lr": float(variant[2:])}, runs)
                 copy_small_files(runs, stage, dest)
+            inspect_orchmoe(runs, stage)
         elif stage == "large":
             base_floor(runs, stage, LARGE)
             run(stage, "all", METHODS, seeds[:1], LARGE, runs)
