@@ -84,6 +84,11 @@ def variant_rows(stage_dir: Path) -> list[dict]:
     return rows
 
 
+def budget_spread(res: Path) -> tuple[float, float] | None:
+    counts = [load(p)["trainable_params"] for p in (res / "main10" / "all").glob("*/seed0/train_summary.json")]
+    return (min(counts) / BUDGET - 1, max(counts) / BUDGET - 1) if counts else None
+
+
 def wall_lines(res: Path) -> list[str]:
     """Per stage: finished runs, their summed training and generation wall time (from the result files)."""
     lines = ["| stage | finished runs | training wall (min) | evaluation wall (min, where recorded) |", "|---|---|---|---|"]
@@ -224,7 +229,8 @@ def main() -> None:
         f"- Model: {SEEN['model']} (fp32, CPU, 2 cores shared with other jobs, so wall times are upper bounds).",
         f"- Budget: {BUDGET:,d} trainable parameters (LoRA r=8 on q_proj, v_proj); `skillmix compare --budget` picks",
         "  each method's rank r with its other fields at their defaults (E = S = N = 4, MHR h = 4, MoDE p = 1);",
-        "  the closest rank is used, so counts differ by up to ±15% (exact counts in the tables).",
+        "  the closest rank is used, so counts differ from the budget (exact counts in the tables; main table: "
+        + (lambda m: "from {:+.0%} to {:+.0%}".format(*m) if m else "–")(budget_spread(res)) + ").",
         f"- Seen-task data: {SEEN['tasks']} random tasks (`random.Random({SEEN['data_seed']}).sample(sorted(names), 10)`),"
         f" per task {SEEN['max_train_instances']} training and {SEEN['n_test']} held-out instances (seeded split);",
         f"  larger setting: all {LARGE['tasks']} tasks with {LARGE['max_train_instances']} training / {LARGE['n_test']} held-out instances each.",
