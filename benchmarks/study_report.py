@@ -300,6 +300,9 @@ def main() -> None:
             out += [f"Number of abstract tasks N (the paper: 'reducing N lowers scores only slightly'): ROUGE-L spans "
                     f"{min(values):.2f}–{max(values):.2f} over {len(n_rows)} values of N, one seed each.", ""]
     mode_rows = variant_rows(res / "mode")
+    if mode_rows and main10:
+        refs = {"mode": "default m=4, p=1 (main table)", "molora_sd": "MoLoRA-SD default m=4 (main table)"}
+        mode_rows = [{**r, "name": refs[r["method"]]} for r in main10["rows"] if r["method"] in refs] + mode_rows
     if mode_rows:
         out += ["## MoDE configurations against MoLoRA-SD (10 tasks, seed 0, same budget)", "", *table(mode_rows, "variant"), ""]
     lr_rows = variant_rows(res / "lr")
