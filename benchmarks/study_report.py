@@ -315,8 +315,10 @@ def main() -> None:
         out += ["## Larger setting: all available tasks", "", *table(large["rows"]), ""]
         base = load(res / "large" / "base" / "metrics.json")
         if base:
+            diffs = ", ".join(f"{r['method']} {r['rougeL'][0] - base['rougeL']:+.2f}" for r in large["rows"])
             out += [f"Base model without adapter on the same held-out instances: ROUGE-L {base['rougeL']:.2f}, "
-                    f"EM {base['exact_match']:.2f} (`results/large/base/`).", ""]
+                    f"EM {base['exact_match']:.2f} (`results/large/base/`). ROUGE-L minus the base's after "
+                    f"{-(-LARGE['max_train_instances'] * LARGE['tasks'] // LARGE['batch_size'])} steps: {diffs}.", ""]
     unseen = load(res / "unseen" / "results.json")
     if unseen:
         out += unseen_section(unseen, Path(args.out).parent)
