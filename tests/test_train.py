@@ -52,9 +52,11 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, me
         train(part)
     state = json.loads((tmp_path / "part" / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 3  # Ctrl-C saved the finished steps
+    assert state["wall_s"] > 0  # and the wall time so far
     monkeypatch.undo()
     resumed = train(part, resume=True)
     assert resumed["resumed_from"] == 3
+    assert resumed["train_wall_complete"] and resumed["train_wall_s"] >= state["wall_s"]  # the whole run's wall time
     a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "part" / "checkpoint").exists()

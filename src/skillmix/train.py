@@ -202,7 +202,8 @@ def target_tokens(batch: dict[str, Any], kind: str) -> int:
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------
-def save_checkpoint(out: Path, model: SkillMixModel, optimizer, scheduler, step: int, log: list) -> None:
+def save_checkpoint(out: Path, model: SkillMixModel, optimizer, scheduler, step: int, log: list,
+                    wall_s: float = 0.0) -> None:
     """Write OUT/checkpoint atomically: a fresh directory renamed over the previous one."""
     tmp = out / f".{CHECKPOINT}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -210,7 +211,8 @@ def save_checkpoint(out: Path, model: SkillMixModel, optimizer, scheduler, step:
     atomic_save_safetensors(model.adapter_state_dict(), tmp / "adapter_model.safetensors")
     atomic_torch_save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                        "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}, tmp / "state.pt")
-    atomic_write_text(tmp / "trainer_state.json", json.dumps({"step": step, "log_tail": log[-5:]}) + "\n")
+    atomic_write_text(tmp / "trainer_state.json",
+                      json.dumps({"step": step, "log_tail": log[-5:], "wall_s": round(wall_s, 2)}) + "\n")
     final, old = out / CHECKPOINT, out / f".{CHECKPOINT}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -314,7 +316,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
         metrics_path.write_text("")
     board = _tensorboard(out) if accelerator.is_main_process else None
     bar = tqdm(total=total_steps, initial=start, desc=f"train {cfg.method}", disable=not accelerator.is_main_process)
-    t_start, step = time.time(), start
+    # wall time of the steps before a resume (saved with the checkpoint), so train_wall_s covers the whole run
+    prior_wall = json.loads((out / CHECKPOINT / "trainer_state.json").read_text()).get("wall_s", 0.0) if start else 0.0
+    t_start, step = time.time() - prior_wall, start
     try:
         for step in range(start, total_steps):
             t0 = time.time()
@@ -340,13 +344,13 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
                         board.add_scalar(f"train/{key}", record[key], step + 1)
             if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total_steps:
                 if accelerator.is_main_process:
-                    save_checkpoint(out, inner, optimizer, scheduler, step + 1, log)
+                    save_checkpoint(out, inner, optimizer, scheduler, step + 1, log, time.time() - t_start)
                 accelerator.wait_for_everyone()
     except KeyboardInterrupt:
         if accelerator.is_main_process:
             done = log[-1]["step"] if log else start
             if done > start:
-                save_checkpoint(out, inner, optimizer, scheduler, done, log)
+                save_checkpoint(out, inner, optimizer, scheduler, done, log, time.time() - t_start)
             print(f"interrupted after step {done}: checkpoint in {out / CHECKPOINT}; continue with --resume")
         raise
     finally:
@@ -360,6 +364,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
         "trainable_params": inner.num_trainable_parameters(), "train_examples": len(examples),
         "tasks": data.task_names, "split": {k: v for k, v in data.summary().items() if k in ("train", "test", "num_tasks")},
         "truncation": dataclasses.asdict(truncation), "train_wall_s": round(wall, 2), "resumed_from": start,
+        "train_wall_complete": True,  # includes the wall time before a resume
         "median_step_s": round(sorted(r["step_time_s"] for r in log)[len(log) // 2], 4) if log else None,
         "final_loss": log[-1]["loss"] if log else None, "world_size": world,
         "adapter_config": inner.adapter_config.to_dict(),
