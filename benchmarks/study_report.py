@@ -54,9 +54,13 @@ def table(rows: list[dict], label: str = "method") -> list[str]:
     for r in rows:
         w = r.get("wins_vs_lora")
         wtl = f"{w['win']}/{w['tie']}/{w['loss']}" if w and r["method"] != "lora" else "–"
+        mark = " †" if r.get("partial_wall") else ""
         lines.append(f"| {r.get('name', r['method'])} | {r['trainable_params']:,d} | {fmt(r['rouge1'])} | {fmt(r['rougeL'])} | "
                      f"{fmt(r['rougeLsum'])} | {fmt(r['exact_match'])} | {fmt(r['rougeL_macro'])} | {wtl} | {r['seeds']} | "
-                     f"{fmt(r['train_wall_s'], 0)} |")
+                     f"{fmt(r['train_wall_s'], 0)}{mark} |")
+    if any(r.get("partial_wall") for r in rows):
+        lines += ["", "† resumed from a checkpoint written before wall times were carried across resumes: the wall "
+                  "time covers only the part after the resume."]
     return lines
 
 
@@ -72,7 +76,11 @@ def collect(variant_dir: Path) -> dict | None:
     if not runs:
         return None
     order = [m for m in ("lora", "molora", "molora_sd", "mode", "poly", "mhr", "orchmoe") if m in runs]
-    return aggregate({m: runs[m] for m in order}, plans, BUDGET, sorted(seeds))
+    results = aggregate({m: runs[m] for m in order}, plans, BUDGET, sorted(seeds))
+    for row in results["rows"]:
+        row["partial_wall"] = any(r["summary"].get("resumed_from") and not r["summary"].get("train_wall_complete")
+                                  for r in runs[row["method"]])
+    return results
 
 
 def variant_rows(stage_dir: Path) -> list[dict]:
@@ -298,7 +306,8 @@ def main() -> None:
         if len(n_rows) > 1:
             values = [r["rougeL"][0] for r in n_rows]
             out += [f"Number of abstract tasks N (the paper: 'reducing N lowers scores only slightly'): ROUGE-L spans "
-                    f"{min(values):.2f}–{max(values):.2f} over {len(n_rows)} values of N, one seed each.", ""]
+                    f"{min(values):.2f}–{max(values):.2f} over {len(n_rows)} values of N (variants one seed, the "
+                    "default the mean of the main table's seeds).", ""]
     mode_rows = variant_rows(res / "mode")
     if mode_rows and main10:
         refs = {"mode": "default m=4, p=1 (main table)", "molora_sd": "MoLoRA-SD default m=4 (main table)"}
