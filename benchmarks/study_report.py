@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from superni_study import BUDGET, EVAL, LARGE, SEEN
+from superni_study import BUDGET, EVAL, LARGE, LR_VARIANTS, MODE_VARIANTS, ORCH_ABLATIONS, SEEN
 
 from skillmix.compare import aggregate
 
@@ -64,10 +64,10 @@ def table(rows: list[dict], label: str = "method") -> list[str]:
     return lines
 
 
-def collect(variant_dir: Path) -> dict | None:
+def collect(variant_dir: Path, pattern: str = "seed*") -> dict | None:
     """compare()'s aggregate over the finished runs (metrics.json present) under results/<stage>/<variant>."""
     runs, plans, seeds = {}, {}, set()
-    for metrics in sorted(variant_dir.glob("*/seed*/metrics.json")):
+    for metrics in sorted(variant_dir.glob(f"*/{pattern}/metrics.json")):
         run = metrics.parent
         summary = load(run / "train_summary.json")
         runs.setdefault(summary["method"], []).append({"summary": summary, "metrics": load(metrics)})
@@ -83,9 +83,10 @@ def collect(variant_dir: Path) -> dict | None:
     return results
 
 
-def variant_rows(stage_dir: Path) -> list[dict]:
+def variant_rows(stage_dir: Path, order) -> list[dict]:
+    """Rows of every finished variant of a stage, in the study's order of variants."""
     rows = []
-    for variant in sorted(p for p in stage_dir.glob("*") if p.is_dir()):
+    for variant in [stage_dir / name for name in order if (stage_dir / name).is_dir()]:
         results = collect(variant)
         for row in results["rows"] if results else []:
             rows.append({**row, "name": f"{variant.name} ({row['method']})"})
@@ -296,26 +297,36 @@ def main() -> None:
             if a in by and b in by:
                 out.append(f"| {claim} | {source} | {verdict(by[a]['rougeL'], by[b]['rougeL'], seeds)} |")
         out.append("")
-    ablations = variant_rows(res / "ablations")
+    ablations = variant_rows(res / "ablations", ORCH_ABLATIONS)
     if ablations:
-        if main10 and "orchmoe" in {r["method"] for r in main10["rows"]}:
-            ref = next(r for r in main10["rows"] if r["method"] == "orchmoe")
-            ablations = [{**ref, "name": "default N=4, S=4, output mix (main table)"}] + ablations
+        seed0 = collect(res / "main10" / "all", "seed0")
+        if seed0 and "orchmoe" in {r["method"] for r in seed0["rows"]}:
+            ref = next(r for r in seed0["rows"] if r["method"] == "orchmoe")
+            ablations = [{**ref, "name": "default N=4, S=4, output mix (main table, seed 0)"}] + ablations
         out += ["## OrchMoE ablations (10 tasks, seed 0, same budget)", "", *table(ablations, "variant"), ""]
+        if main10 and seed0 and "orchmoe" in {r["method"] for r in main10["rows"]}:
+            ci = next(r for r in main10["rows"] if r["method"] == "orchmoe")["rougeL"][1]
+            d0 = ablations[0]["rougeL"][0]
+            beyond = [f"{r['name'].split(' ')[0]} {r['rougeL'][0] - d0:+.2f}" for r in ablations[1:]
+                      if abs(r["rougeL"][0] - d0) > ci]
+            out += [f"Seed-to-seed noise of the default (95% CI over the main table's seeds): ±{ci:.2f} ROUGE-L. Variants "
+                    f"further than that from the seed-0 default: {', '.join(beyond) or 'none'}.", ""]
         n_rows = [r for r in ablations if r["name"].startswith(("N", "default"))]
         if len(n_rows) > 1:
             values = [r["rougeL"][0] for r in n_rows]
             out += [f"Number of abstract tasks N (the paper: 'reducing N lowers scores only slightly'): ROUGE-L spans "
-                    f"{min(values):.2f}–{max(values):.2f} over {len(n_rows)} values of N (variants one seed, the "
-                    "default the mean of the main table's seeds).", ""]
-    mode_rows = variant_rows(res / "mode")
-    if mode_rows and main10:
-        refs = {"mode": "default m=4, p=1 (main table)", "molora_sd": "MoLoRA-SD default m=4 (main table)"}
-        mode_rows = [{**r, "name": refs[r["method"]]} for r in main10["rows"] if r["method"] in refs] + mode_rows
+                    f"{min(values):.2f}–{max(values):.2f} over {len(n_rows)} values of N, one seed each.", ""]
+    mode_rows = variant_rows(res / "mode", MODE_VARIANTS)
+    seed0 = collect(res / "main10" / "all", "seed0")
+    if mode_rows and seed0:
+        refs = {"mode": "default m=4, p=1 (main table, seed 0)", "molora_sd": "MoLoRA-SD default m=4 (main table, seed 0)"}
+        mode_rows = [{**r, "name": refs[r["method"]]} for r in seed0["rows"] if r["method"] in refs] + mode_rows
     if mode_rows:
         out += ["## MoDE configurations against MoLoRA-SD (10 tasks, seed 0, same budget)", "", *table(mode_rows, "variant"), ""]
-    lr_rows = variant_rows(res / "lr")
-    if lr_rows:
+    lr_rows = variant_rows(res / "lr", LR_VARIANTS)
+    if lr_rows and seed0:
+        lr_rows = [{**r, "name": f"lr {SEEN['lr']:g} ({r['method']}, main table, seed 0)"} for r in seed0["rows"]
+                   if r["method"] in {m for methods in LR_VARIANTS.values() for m in methods}] + lr_rows
         out += ["## Learning-rate check: do the mixtures only need a larger step? (10 tasks, seed 0)", "",
                 f"The same runs as the main table with lr 4e-3 instead of {SEEN['lr']:g} (everything else equal).", "",
                 *table(lr_rows, "variant"), ""]
