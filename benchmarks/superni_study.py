@@ -38,7 +38,7 @@ MODE_VARIANTS = {  # MoDE m x p (experts per group x expert rank) against MoLoRA
     "mode_m4_p2": ("mode", {"num_experts": 4, "expert_rank": 2}),
     "molora_sd_m8": ("molora_sd", {"num_experts": 8}),
 }
-LR_VARIANTS = {"lr4e-3": ["molora", "poly", "orchmoe"]}  # do the mixtures only need a larger step? (seed 0)
+LR_VARIANTS = {"lr4e-3": ["lora", "molora", "poly", "orchmoe"]}  # do the mixtures only need a larger step? (seed 0)
 KEEP = ("train_config.json", "train_summary.json", "metrics.json", "metrics.jsonl", "predictions.jsonl", "adapter_config.json",
         "results.md", "results.json", "results.png", "inspect.json")
 
