@@ -255,6 +255,7 @@ def main() -> None:
     out += ["Wall-clock time of the finished runs on this machine (2 CPU cores; `train_wall_s`, `adapt_wall_s`, "
             "`generate_wall_s` in the result files):", "", *wall_lines(res)]
     main10 = collect(res / "main10" / "all")
+    seed0 = collect(res / "main10" / "all", "seed0")  # the reference rows of the one-seed variant tables
     if main10:
         seeds = min(r["seeds"] for r in main10["rows"])
         by = {r["method"]: r for r in main10["rows"]}
@@ -301,7 +302,6 @@ def main() -> None:
         out.append("")
     ablations = variant_rows(res / "ablations", ORCH_ABLATIONS)
     if ablations:
-        seed0 = collect(res / "main10" / "all", "seed0")
         if seed0 and "orchmoe" in {r["method"] for r in seed0["rows"]}:
             ref = next(r for r in seed0["rows"] if r["method"] == "orchmoe")
             ablations = [{**ref, "name": "default N=4, S=4, output mix (main table, seed 0)"}] + ablations
@@ -319,7 +319,6 @@ def main() -> None:
             out += [f"Number of abstract tasks N (the paper: 'reducing N lowers scores only slightly'): ROUGE-L spans "
                     f"{min(values):.2f}–{max(values):.2f} over {len(n_rows)} values of N, one seed each.", ""]
     mode_rows = variant_rows(res / "mode", MODE_VARIANTS)
-    seed0 = collect(res / "main10" / "all", "seed0")
     if mode_rows and seed0:
         refs = {"mode": "default m=4, p=1 (main table, seed 0)", "molora_sd": "MoLoRA-SD default m=4 (main table, seed 0)"}
         mode_rows = [{**r, "name": refs[r["method"]]} for r in seed0["rows"] if r["method"] in refs] + mode_rows

@@ -28,15 +28,14 @@ from skillmix.compare import mean_ci
 from skillmix.data import list_tasks, read_categories, split_tasks
 from skillmix.data.superni import first_category, resolve_data_dir
 from skillmix.train import TrainConfig, load_data, with_unseen_tasks
+from superni_study import EVAL, METHODS, SEEN  # the seen-task runs this study reuses
 
-METHODS = ["lora", "molora", "molora_sd", "mode", "poly", "mhr", "orchmoe"]
 UNSEEN_FRACTION = 0.125  # of the tasks the runs never trained on: 10 of 79
 SEED = 0  # task choice
 ADAPT = [("orchmoe", "routing"), ("orchmoe", "all"), ("poly", "routing"), ("poly", "all"), ("lora", "all")]
 SHOTS = [8, 32]
 ADAPT_TASKS = 2  # the first unseen tasks of different categories
 ADAPT_STEPS = 10  # optimizer steps per adaptation (batch 8: one pass over k=8 per step, 80 examples for k=32)
-EVAL = dict(max_new_tokens=32, batch_size=16)
 KEY = ("rouge1", "rougeL", "rougeLsum", "exact_match")
 
 
@@ -137,7 +136,7 @@ def routing_summary(stage: Path, category: dict[str, str]) -> dict | None:
         sims = [_cos(w_unseen[i], w) for w in w_seen]
         j = int(np.argmax(sims))
         tasks[task] = {"category": category[task], "mean_w": w_unseen[i].round(4).tolist(),
-                       "skill_mix": np.einsum("n,lns->s", w_unseen[i], alloc).__truediv__(len(alloc)).round(4).tolist(),
+                       "skill_mix": np.einsum("n,lns->ls", w_unseen[i], alloc).mean(0).round(4).tolist(),
                        "closest_seen_task": seen["tasks"][j], "closest_seen_category": category[seen["tasks"][j]],
                        "cosine": round(sims[j], 6)}
     pairs = {"same": [], "different": []}
@@ -207,11 +206,6 @@ def collect(stage: Path, dest: Path, unseen: list[str], category: dict[str, str]
 
 
 def main() -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from superni_study import SEEN
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stages", default="zeroshot,adapt,inspect")
     parser.add_argument("--runs-dir", default="runs/study/main10/all", help="the main10 runs (METHOD/seedK)")
