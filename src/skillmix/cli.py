@@ -12,7 +12,7 @@ from typing import Any
 
 from skillmix.data import MultiTaskData, build_prompt, load_multitask_data, num_tokens
 from skillmix.data.superni import DEFAULT_TEST_FRACTION
-from skillmix.config import METHODS
+from skillmix.layers import LAYERS, METHODS
 from skillmix.errors import SkillMixError
 
 

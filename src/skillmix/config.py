@@ -9,11 +9,6 @@ from typing import Any
 
 from .errors import SkillMixError
 
-METHODS = ("lora", "molora", "molora_sd", "mode", "poly", "mhr", "orchmoe")
-TOKEN_ROUTED = ("molora", "molora_sd", "mode")  # a router per layer, per token
-SEQUENCE_ROUTED = ("poly", "mhr", "orchmoe")  # one mixture per sequence: exportable as a plain LoRA
-USES_TASK_IDS = ("poly", "mhr")
-
 # Default adapted modules per `model_type` (the same defaults as PEFT's LoRA).
 DEFAULT_TARGET_MODULES = {
     "llama": ["q_proj", "v_proj"],
@@ -36,13 +31,14 @@ class SkillMixConfig:
     """Hyper-parameters of one adapter; every field but `method` has a default.
 
     Field names follow PEFT where PEFT has the concept (`r`, `lora_alpha`, `lora_dropout`,
-    `target_modules`, `init_weights`, `n_tasks`, `n_skills`, `n_splits`).
+    `target_modules`, `init_weights`, `n_tasks`, `n_skills`, `n_splits`). What depends on the method
+    (defaults, scaling, cross-field checks, its routers) is asked of the method's layer class.
     """
 
     method: str = "lora"
     target_modules: list[str] | str | None = None  # names (suffix match) or one regex; None: per model type
     r: int = 8  # rank of LoRA, of each MoLoRA expert, of each skill; rank positions of the shared A (molora_sd, mode)
-    lora_alpha: float | None = None  # scaling = lora_alpha / r; None: scaling 1 (poly/mhr: 1/r, as PEFT)
+    lora_alpha: float | None = None  # scaling = lora_alpha / r; None: the method's default (1; poly/mhr: 1/r)
     lora_dropout: float = 0.0
     init_weights: bool = True  # True: up-projections start at 0, so the adapted model equals the base
     # token-routed methods
@@ -66,36 +62,36 @@ class SkillMixConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form metadata (e.g. task names)
 
     def __post_init__(self) -> None:
-        if self.n_splits is None:
-            self.n_splits = 4 if self.method == "mhr" else 1
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
+        self.layer_class.prepare_config(self)
         self.validate()
+
+    @property
+    def layer_class(self):
+        """The adapter layer class registered for `method` (`skillmix.layers.LAYERS`)."""
+        from .layers import layer_class
+
+        return layer_class(self.method)
 
     @property
     def scaling(self) -> float:
         """Multiplier of every adapter output."""
         if self.lora_alpha is None:
-            return 1.0 / self.r if self.method in ("poly", "mhr") else 1.0
+            return self.layer_class.default_scaling(self)
         return self.lora_alpha / self.r
 
     @property
-    def has_task_router(self) -> bool:
-        """OrchMoE builds a task router only when it matters: with a uniform allocation
-        (skill_router="uniform") alpha = w Z_hat = 1/S whatever w is, so the router would get no gradient."""
-        return self.method == "orchmoe" and self.task_router == "attention" and self.skill_router == "learned"
-
-    @property
     def uses_task_ids(self) -> bool:
-        return self.method in USES_TASK_IDS
+        """True when forward/generate need `task_ids` (the method routes by the true task)."""
+        return self.layer_class.uses_task_ids
 
     def validate(self) -> None:
         """Raise SkillMixError naming the first invalid field."""
         def bad(name: str, expected: str) -> None:
             raise SkillMixError(f"SkillMixConfig.{name}={getattr(self, name)!r}: expected {expected}")
 
-        if self.method not in METHODS:
-            bad("method", "one of " + ", ".join(METHODS))
+        layer_class = self.layer_class  # an unknown method is an error naming the known ones
         for name in ("r", "num_experts", "expert_rank", "n_skills", "n_tasks", "n_splits",
                      "n_abstract_tasks", "router_dim"):
             value = getattr(self, name)
@@ -111,10 +107,6 @@ class SkillMixConfig:
             bad("load_balancing_coef", "a non-negative float")
         if not self.gumbel_temperature > 0:
             bad("gumbel_temperature", "a positive float")
-        if self.method == "mode" and self.r % self.expert_rank:
-            bad("expert_rank", f"a divisor of r={self.r}")
-        if self.method == "poly" and self.n_splits != 1:
-            bad("n_splits", "1 for poly (use method='mhr' for several heads)")
         if self.mix not in ("output", "poly"):
             bad("mix", "'output' or 'poly'")
         if self.task_router not in ("attention", "uniform"):
@@ -124,6 +116,9 @@ class SkillMixConfig:
         tm = self.target_modules
         if tm is not None and not (isinstance(tm, str) or (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm))):
             bad("target_modules", "a regex string, a non-empty list of module names, or None")
+        problem = layer_class.check_config(self)
+        if problem is not None:
+            bad(*problem)
 
     # ---- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from torch import nn
 from .config import CONFIG_NAME, DEFAULT_TARGET_MODULES, WEIGHTS_NAME, SkillMixConfig
 from .errors import SkillMixError
 from .io import atomic_save_safetensors, atomic_write_text
-from .layers import LAYERS, AdapterLayer
+from .layers import AdapterLayer
 from .layers.base import linear_shape
-from .routing import RoutingContext, TaskRouter, load_balancing_loss, normalise_rows
+from .routing import RoutingContext, load_balancing_loss
 
 PEFT_PREFIX = "base_model.model."
 
@@ -65,7 +65,7 @@ class SkillMixModel(nn.Module):
             config.base_model_name_or_path = getattr(getattr(base_model, "config", None), "_name_or_path", None) or None
         for p in base_model.parameters():
             p.requires_grad_(False)
-        layer_cls = LAYERS[config.method]
+        layer_cls = self.layer_class = config.layer_class
         self.adapter_layers: dict[str, AdapterLayer] = {}  # full module name -> layer (registered in base_model)
         for name in resolve_target_modules(base_model, config):
             parent_name, _, child = name.rpartition(".")
@@ -73,11 +73,12 @@ class SkillMixModel(nn.Module):
             layer = layer_cls(getattr(parent, child), config, self.routing, name)
             setattr(parent, child, layer)
             self.adapter_layers[name] = layer
-        self.task_router = None
-        if config.has_task_router:
+        self.task_router = None  # a model-level router (OrchMoE's task router), when the method has one
+        if layer_cls.uses_task_weights:
             embed = base_model.get_input_embeddings()
-            self.task_router = TaskRouter(embed.embedding_dim, config.n_abstract_tasks, config.router_dim)
-            self.task_router.to(embed.weight.device)
+            self.task_router = layer_cls.build_model_router(config, embed.embedding_dim)
+            if self.task_router is not None:
+                self.task_router.to(embed.weight.device)
 
     # ---- attribute access like PEFT's wrapper ------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -115,13 +116,13 @@ class SkillMixModel(nn.Module):
     def _begin_routing(self, args: tuple, kwargs: dict, task_ids, task_weights) -> None:
         cfg, ctx = self.adapter_config, self.routing
         ctx.reset()
-        if cfg.uses_task_ids:
+        if self.layer_class.uses_task_ids:
             if task_ids is None:
                 raise SkillMixError(f"method {cfg.method!r} needs task_ids (LongTensor [B]) in forward/generate")
             ctx.task_ids = torch.as_tensor(task_ids).long()
         elif task_ids is not None:
             raise SkillMixError(f"method {cfg.method!r} routes without task ids; remove 'task_ids' from its inputs")
-        if cfg.method != "orchmoe":
+        if not self.layer_class.uses_task_weights:
             return
         if task_weights is None:
             input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -151,8 +152,7 @@ class SkillMixModel(nn.Module):
     def set_gumbel_temperature(self, temperature: float) -> None:
         """Set the Gumbel-sigmoid temperature of every skill router (for a temperature schedule)."""
         for layer in self.adapter_layers.values():
-            if hasattr(layer, "temperature"):
-                layer.temperature = float(temperature)
+            layer.set_gumbel_temperature(temperature)
 
     def aux_loss(self) -> torch.Tensor:
         """Sum of the weighted load-balancing losses of the last forward (0 when disabled)."""
@@ -170,12 +170,8 @@ class SkillMixModel(nn.Module):
         """
         record = self.routing.record
         layers = {name: record[name] for name in self.adapter_layers if name in record}
-        allocation = {}
-        for name, layer in self.adapter_layers.items():
-            logits = getattr(layer, "allocation_logits", None)
-            if logits is not None:
-                alloc = torch.sigmoid(logits)
-                allocation[name] = alloc.view(alloc.shape[0], -1, layer.n_skills) if self.method in ("poly", "mhr") else alloc
+        allocation = {name: alloc for name, layer in self.adapter_layers.items()
+                      if (alloc := layer.eval_allocation()) is not None}
         return {"task_weights": record.get("task_weights"), "layers": layers, "allocation": allocation}
 
     @contextlib.contextmanager
@@ -192,44 +188,49 @@ class SkillMixModel(nn.Module):
     # ---- new tasks (unseen-task evaluation, few-shot adaptation) -------------------------------------
     @torch.no_grad()
     def add_task_rows(self, n: int = 1, init: str = "mean") -> list[int]:
-        """Poly/MHR: append `n` allocation rows to every layer and return the new task ids.
+        """Methods routed by task id (Poly/MHR): append `n` rows for new tasks to every layer's per-task
+        parameters and return the new task ids.
 
         init="mean": a new row's eval skill weights are the mean over the existing (trained) rows of
-        their normalised eval weights, per head (METHODS.md §1.7, OA-17): w_new = mean_t normalise(σ(θ_t)).
-        The row's logits are θ_new = logit(c · w_new) with c = 0.5 / max(w_new) per head, so that
-        normalise(σ(θ_new)) = w_new (to ~1e-7) and the largest entry sits at σ = 0.5.
+        their normalised eval weights, per head (METHODS.md §1.7, OA-17; see `PolyLayer.add_task_rows`).
         """
-        if self.method not in ("poly", "mhr"):
-            raise SkillMixError(f"add_task_rows: method {self.method!r} has no per-task allocation rows (poly, mhr only)")
+        if not self.layer_class.per_task_parameters:
+            raise SkillMixError(f"add_task_rows: method {self.method!r} has no per-task rows (it does not route by "
+                                "task id)")
         if init != "mean":
             raise SkillMixError(f"add_task_rows(init={init!r}): expected 'mean'")
         old = self.adapter_config.n_tasks
         for layer in self.adapter_layers.values():
-            logits = layer.allocation_logits
-            row = mean_allocation_logits(logits.view(old, layer.n_splits, layer.n_skills)).reshape(1, -1)
-            grown = torch.cat([logits.detach(), row.to(logits).expand(n, -1)])
-            layer.allocation_logits = nn.Parameter(grown, requires_grad=logits.requires_grad)
-            layer.n_tasks = old + n
+            layer.add_task_rows(n)
         self.adapter_config.n_tasks = old + n
         return list(range(old, old + n))
 
     @torch.no_grad()
     def remove_task_rows(self, n_tasks: int) -> None:
-        """Poly/MHR: keep only the first `n_tasks` allocation rows (undoes `add_task_rows`)."""
-        if self.method not in ("poly", "mhr") or not 0 < n_tasks <= self.adapter_config.n_tasks:
-            raise SkillMixError(f"remove_task_rows({n_tasks}): expected poly/mhr and 1 <= n_tasks <= "
+        """Keep only the first `n_tasks` per-task rows (undoes `add_task_rows`)."""
+        if not self.layer_class.per_task_parameters or not 0 < n_tasks <= self.adapter_config.n_tasks:
+            raise SkillMixError(f"remove_task_rows({n_tasks}): expected a method routed by task id and 1 <= n_tasks <= "
                                 f"{self.adapter_config.n_tasks}")
         for layer in self.adapter_layers.values():
-            logits = layer.allocation_logits
-            layer.allocation_logits = nn.Parameter(logits.detach()[:n_tasks].clone(), requires_grad=logits.requires_grad)
-            layer.n_tasks = n_tasks
+            layer.keep_task_rows(n_tasks)
         self.adapter_config.n_tasks = n_tasks
 
     def routing_parameter_names(self) -> list[str]:
-        """Keys of `adapter_state_dict()` that route rather than transform: Poly/MHR and OrchMoE allocation
-        logits, OrchMoE's task router (W_Q, keys), the token routers of MoLoRA/MoLoRA-SD/MoDE; none for LoRA."""
+        """Keys of `adapter_state_dict()` that route rather than transform: each layer's
+        `routing_parameters` (allocation logits, token routers) and the model-level task router."""
+        names = self.layer_class.routing_parameters
         return [k for k in self.adapter_state_dict()
-                if k.startswith("task_router.") or k.rsplit(".", 1)[-1] in ("allocation_logits", "router")]
+                if k.startswith("task_router.") or k.rsplit(".", 1)[-1] in names]
+
+    def per_task_parameter_names(self) -> list[str]:
+        """Keys of `adapter_state_dict()` with one row per task id (`add_task_rows` grows them)."""
+        names = self.layer_class.per_task_parameters
+        return [k for k in self.adapter_state_dict() if k.rsplit(".", 1)[-1] in names]
+
+    def set_fast_path(self, enabled: bool) -> None:
+        """Switch every layer between its fused fast path and the plain reference computation."""
+        for layer in self.adapter_layers.values():
+            layer.use_fast_path = bool(enabled)
 
     # ---- parameters ------------------------------------------------------------------------------
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
@@ -269,7 +270,7 @@ class SkillMixModel(nn.Module):
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write adapter_config.json + adapter_model.safetensors (a PEFT LoRA adapter for method 'lora')."""
         os.makedirs(save_directory, exist_ok=True)
-        if self.method == "lora":
+        if self.layer_class.saves_as_peft_lora:
             cfg = self.adapter_config
             alpha = cfg.lora_alpha if cfg.lora_alpha is not None else float(cfg.r)  # PEFT scales by alpha / r
             layers = {n: (layer.lora_A, layer.lora_B) for n, layer in self.adapter_layers.items()}
@@ -287,23 +288,7 @@ class SkillMixModel(nn.Module):
         poly/mhr: `task_id` picks the task's allocation row. orchmoe: `task_weights` (N floats on the
         simplex) fixes the task router's output; the output-mix variant gives rank S*r, poly-mix rank r.
         """
-        method = self.method
-        if method in ("molora", "molora_sd", "mode"):
-            raise SkillMixError(f"method {method!r} routes per token; export_lora needs a per-sequence method "
-                                "(lora, poly, mhr, orchmoe)")
-        routing: dict[str, Any] = {}
-        if method in ("poly", "mhr"):
-            n_tasks = self.adapter_config.n_tasks
-            if task_id is None or not 0 <= int(task_id) < n_tasks:
-                raise SkillMixError(f"export_lora(task_id=...): expected an integer in [0, {n_tasks}) for {method!r}, got {task_id!r}")
-            routing["task_id"] = int(task_id)
-        elif method == "orchmoe":
-            n = self.adapter_config.n_abstract_tasks
-            w = None if task_weights is None else torch.as_tensor(task_weights, dtype=torch.float32).flatten()
-            if w is None or w.numel() != n or (w < 0).any() or abs(w.sum().item() - 1) > 1e-4:
-                raise SkillMixError(f"export_lora(task_weights=...): expected {n} non-negative weights summing to 1 "
-                                    f"for orchmoe, got {task_weights!r}")
-            routing["task_weights"] = w
+        routing = self.layer_class.export_routing(self.adapter_config, task_id=task_id, task_weights=task_weights)
         layers = {n: layer.lora_factors(**routing) for n, layer in self.adapter_layers.items()}
         rank = next(iter(layers.values()))[0].shape[0]
         _write_peft_lora(save_directory, layers, self, rank, float(rank), 0.0)
@@ -311,10 +296,10 @@ class SkillMixModel(nn.Module):
 
     @torch.no_grad()
     def merge_and_unload(self) -> nn.Module:
-        """Fold a LoRA adapter into the base weights and return the plain base model."""
-        if self.method != "lora":
-            raise SkillMixError(f"merge_and_unload is for method 'lora'; {self.method!r} mixes per input: "
-                                "use export_lora(...) for one task, then merge that LoRA")
+        """Fold an adapter without routing (LoRA) into the base weights and return the plain base model."""
+        if self.layer_class.routing != "none":
+            raise SkillMixError(f"merge_and_unload needs a method without routing (lora); {self.method!r} mixes per "
+                                "input: use export_lora(...) for one task, then merge that LoRA")
         for name, layer in self.adapter_layers.items():
             parent_name, _, child = name.rpartition(".")
             parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
@@ -353,28 +338,20 @@ def _write_peft_lora(directory, layers: dict[str, tuple[torch.Tensor, torch.Tens
     atomic_write_text(Path(directory) / CONFIG_NAME, json.dumps(peft_config, indent=2) + "\n")
 
 
-@torch.no_grad()
-def mean_allocation_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Allocation logits [T, h, S] -> one row [h, S] whose normalised sigmoid is the mean of the T rows'
-    normalised sigmoids (the Poly/MHR weights of an unseen task; see `SkillMixModel.add_task_rows`)."""
-    weights = normalise_rows(torch.sigmoid(logits.double())).mean(0)  # [h, S], each head on the simplex
-    scaled = 0.5 * weights / weights.amax(-1, keepdim=True)
-    return torch.logit(scaled.clamp_min(1e-30)).to(logits.dtype)
-
-
 def count_parameters(base_model: nn.Module, config: SkillMixConfig) -> int:
     """Trainable parameters `get_model(base_model, config)` would add, computed on the meta device
     without touching `base_model`."""
     config = SkillMixConfig.from_dict(config.to_dict())
+    layer_cls = config.layer_class
     total = 0
-    for name in resolve_target_modules(base_model, config):
-        d_in, d_out, _ = linear_shape(base_model.get_submodule(name))
-        with torch.device("meta"):
-            layer = LAYERS[config.method](nn.Linear(d_in, d_out), config, RoutingContext(), name)
-        total += sum(p.numel() for p in layer._adapter_parameters())
-    if config.has_task_router:
-        d_model = base_model.get_input_embeddings().embedding_dim
-        total += (d_model + config.n_abstract_tasks) * config.router_dim
+    with torch.device("meta"):
+        for name in resolve_target_modules(base_model, config):
+            d_in, d_out, _ = linear_shape(base_model.get_submodule(name))
+            layer = layer_cls(nn.Linear(d_in, d_out), config, RoutingContext(), name)
+            total += sum(p.numel() for p in layer._adapter_parameters())
+        if layer_cls.uses_task_weights:
+            router = layer_cls.build_model_router(config, base_model.get_input_embeddings().embedding_dim)
+            total += sum(p.numel() for p in router.parameters()) if router is not None else 0
     return total
 
 
@@ -421,7 +398,7 @@ def load_model(base_model: nn.Module, directory: str | os.PathLike, is_trainable
         state = load_file(str(path))
     except (FileNotFoundError, SafetensorError, OSError) as err:
         raise SkillMixError(f"{path}: cannot read adapter weights ({err})") from None
-    if config.method == "lora":
+    if config.layer_class.saves_as_peft_lora:
         state = _lora_state_from_peft(state)
     model.load_adapter_state_dict(state, source=str(path))
     if not is_trainable:

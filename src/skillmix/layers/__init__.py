@@ -1,7 +1,10 @@
-"""Adapter layers, one file per method, and the registry that maps a method name to its layer."""
-from ..config import METHODS
+"""Adapter layers, one file per method, and the registry that maps a method name to its layer class.
+
+`LAYERS` is the only registry: a new method is one file here and one line below.
+"""
 from .base import AdapterLayer
 from .lora import LoRALayer
+from .mhr import MHRLayer
 from .mode import MoDELayer
 from .molora import MoLoRALayer
 from .molora_sd import MoLoRASDLayer
@@ -14,9 +17,20 @@ LAYERS: dict[str, type[AdapterLayer]] = {
     "molora_sd": MoLoRASDLayer,
     "mode": MoDELayer,
     "poly": PolyLayer,
-    "mhr": PolyLayer,
+    "mhr": MHRLayer,
     "orchmoe": OrchMoELayer,
 }
-assert set(LAYERS) == set(METHODS), "every method in config.METHODS needs a layer"
+METHODS = tuple(LAYERS)  # the built-in methods, in the order tables list them
 
-__all__ = ["AdapterLayer", "LAYERS"]
+
+def layer_class(method: str) -> type[AdapterLayer]:
+    """The layer class registered for `method` (a SkillMixError naming the known methods otherwise)."""
+    from ..errors import SkillMixError
+
+    try:
+        return LAYERS[method]
+    except (KeyError, TypeError):
+        raise SkillMixError(f"SkillMixConfig.method={method!r}: expected one of {', '.join(LAYERS)}") from None
+
+
+__all__ = ["AdapterLayer", "LAYERS", "METHODS", "layer_class"]

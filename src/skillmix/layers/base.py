@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.modules.module import _global_forward_hooks
 
 from ..config import SkillMixConfig
+from ..errors import SkillMixError
 from ..routing import RoutingContext, load_balancing_loss
 
 try:  # GPT-2 style layers store the weight as [d_in, d_out]
@@ -34,10 +35,53 @@ def init_uniform_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
 
 
 class AdapterLayer(nn.Module):
-    """Wraps a frozen linear layer: y = base(x) + delta(x). Subclasses add parameters and `delta`."""
+    """Wraps a frozen linear layer: y = base(x) + delta(x). Subclasses add parameters and `delta`.
 
-    routing: ClassVar[str] = "none"  # "none" | "token" | "sequence"
+    The class is the one place a method's traits live; the model, training, analysis, adaptation and
+    comparison code ask the class (via `skillmix.layers.LAYERS[method]`), never the method's name.
+    """
+
+    # How the layer routes: "none" (one update for every input), "token" (a router per layer and token:
+    # cannot be collapsed into one LoRA) or "sequence" (one mixture per sequence: exportable per task).
+    routing: ClassVar[str] = "none"
+    uses_task_ids: ClassVar[bool] = False  # routed by the true task id (a RoutingContext.task_ids [B])
+    uses_task_weights: ClassVar[bool] = False  # routed by model-level task weights [B, N] (a task router)
+    routing_parameters: ClassVar[tuple[str, ...]] = ()  # parameter names that route rather than transform
+    per_task_parameters: ClassVar[tuple[str, ...]] = ()  # parameters with one row per task id (new tasks grow them)
+    saves_as_peft_lora: ClassVar[bool] = False  # save_pretrained writes a plain PEFT LoRA adapter
     router_dims: ClassVar[int] = 1  # token-routed layers: trailing dims of the router's probabilities
+    use_fast_path: bool = True  # per instance: False runs the plain reference computation (`delta`)
+
+    # ---- method traits that depend on the config -------------------------------------------------
+    @classmethod
+    def prepare_config(cls, config: SkillMixConfig) -> None:
+        """Fill method-dependent defaults of `config` in place (called before validation)."""
+        if config.n_splits is None:
+            config.n_splits = 1
+
+    @classmethod
+    def check_config(cls, config: SkillMixConfig) -> tuple[str, str] | None:
+        """A method-specific problem with `config` as (field, what was expected), or None."""
+        return None
+
+    @classmethod
+    def default_scaling(cls, config: SkillMixConfig) -> float:
+        """Multiplier of the adapter output when `lora_alpha` is None (else lora_alpha / r)."""
+        return 1.0
+
+    @classmethod
+    def build_model_router(cls, config: SkillMixConfig, d_model: int) -> nn.Module | None:
+        """A model-level router the method needs beside its layers (OrchMoE's task router), or None."""
+        return None
+
+    @classmethod
+    def export_routing(cls, config: SkillMixConfig, task_id=None, task_weights=None) -> dict:
+        """The fixed routing `lora_factors(**routing)` needs to collapse the layer into one LoRA; a
+        SkillMixError when the method cannot be collapsed or the routing given does not fit it."""
+        if cls.routing == "token":
+            raise SkillMixError(f"method {config.method!r} routes per token; export_lora needs a method that routes "
+                                "per sequence or not at all")
+        return {}
 
     def __init__(self, base_layer: nn.Module, config: SkillMixConfig, context: RoutingContext, name: str):
         super().__init__()
@@ -79,7 +123,7 @@ class AdapterLayer(nn.Module):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disabled:
             return self.base_layer(x, *args, **kwargs)
-        if not args and not kwargs and self._fast_path_ok(x):
+        if not args and not kwargs and self.use_fast_path and self._fast_path_ok(x):
             return self.fused_forward(x)
         result = self.base_layer(x, *args, **kwargs)
         dtype = self.lora_A.dtype
@@ -138,6 +182,14 @@ class AdapterLayer(nn.Module):
         """
         key = tuple(v for p in params for v in (p, p._version))
         return self.context.cached(f"{self.name}.{tag}", key, compute)
+
+    # ---- routing hooks the model calls (no-ops for methods without them) ---------------------------
+    def set_gumbel_temperature(self, temperature: float) -> None:
+        """Set the temperature of a Gumbel-sigmoid skill router (nothing to do for other layers)."""
+
+    def eval_allocation(self) -> torch.Tensor | None:
+        """The eval-mode allocation of a skill router (sigmoid of its logits), or None."""
+        return None
 
     def dropout_is_identity(self) -> bool:
         return isinstance(self.dropout, nn.Identity) or not self.training

@@ -9,7 +9,8 @@ from .base import AdapterLayer, init_uniform_
 
 
 class LoRALayer(AdapterLayer):
-    routing = "sequence"  # no routing at all: trivially the same update for every sequence
+    routing = "none"
+    saves_as_peft_lora = True
 
     def reset_parameters(self, config) -> None:
         self.lora_A = nn.Parameter(init_uniform_(torch.empty(self.r, self.in_features), self.in_features))  # [r, d_in]

@@ -16,10 +16,19 @@ from .base import AdapterLayer, init_uniform_
 
 class MoDELayer(AdapterLayer):
     routing = "token"
+    routing_parameters = ("router",)
     router_dims = 2  # [.., G, m]: a softmax per group
 
-    def group_size(self, config) -> int:
+    @classmethod
+    def group_size(cls, config) -> int:
+        """p: rank positions per group (one router per group)."""
         return config.expert_rank
+
+    @classmethod
+    def check_config(cls, config) -> tuple[str, str] | None:
+        if config.r % cls.group_size(config):
+            return "expert_rank", f"a divisor of r={config.r}"
+        return None
 
     def reset_parameters(self, config) -> None:
         m, r, d_in, d_out = config.num_experts, self.r, self.in_features, self.out_features

@@ -15,6 +15,7 @@ from .base import AdapterLayer, init_uniform_
 
 class MoLoRALayer(AdapterLayer):
     routing = "token"
+    routing_parameters = ("router",)
 
     def reset_parameters(self, config) -> None:
         e, r, d_in, d_out = config.num_experts, self.r, self.in_features, self.out_features

@@ -8,5 +8,6 @@ from .mode import MoDELayer
 
 
 class MoLoRASDLayer(MoDELayer):
-    def group_size(self, config) -> int:
+    @classmethod
+    def group_size(cls, config) -> int:
         return config.r

@@ -12,12 +12,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SkillMixError
-from ..routing import normalise_rows, relaxed_bernoulli
+from ..routing import TaskRouter, normalise_rows, relaxed_bernoulli
 from .base import AdapterLayer, init_uniform_
 
 
 class OrchMoELayer(AdapterLayer):
     routing = "sequence"
+    uses_task_weights = True
+    routing_parameters = ("allocation_logits",)
+
+    @classmethod
+    def build_model_router(cls, config, d_model: int) -> TaskRouter | None:
+        """The task router, built only when it matters: with a uniform allocation (skill_router="uniform")
+        alpha = w Z_hat = 1/S whatever w is, so a task router would get no gradient."""
+        if config.task_router != "attention" or config.skill_router != "learned":
+            return None
+        return TaskRouter(d_model, config.n_abstract_tasks, config.router_dim)
+
+    @classmethod
+    def export_routing(cls, config, task_id=None, task_weights=None) -> dict:
+        n = config.n_abstract_tasks
+        w = None if task_weights is None else torch.as_tensor(task_weights, dtype=torch.float32).flatten()
+        if w is None or w.numel() != n or (w < 0).any() or abs(w.sum().item() - 1) > 1e-4:
+            raise SkillMixError(f"export_lora(task_weights=...): expected {n} non-negative weights summing to 1 "
+                                f"for {config.method!r}, got {task_weights!r}")
+        return {"task_weights": w}
 
     def reset_parameters(self, config) -> None:
         s, r, d_in = config.n_skills, self.r, self.in_features
@@ -31,6 +50,13 @@ class OrchMoELayer(AdapterLayer):
             self.allocation_logits = nn.Parameter(torch.empty(config.n_abstract_tasks, s).uniform_(-1e-3, 1e-3))
         else:  # ablation: fixed uniform allocation, no parameters
             self.allocation_logits = None
+
+    def set_gumbel_temperature(self, temperature: float) -> None:
+        self.temperature = float(temperature)
+
+    def eval_allocation(self) -> torch.Tensor | None:
+        """sigmoid(Theta) [N, S]; None for the fixed uniform allocation (skill_router="uniform")."""
+        return None if self.allocation_logits is None else torch.sigmoid(self.allocation_logits)
 
     def allocation(self, batch_size: int | None = None) -> torch.Tensor:
         """Row-normalised allocation Z_hat: [B, N, S] with Gumbel noise in training, else [N, S]."""

@@ -1,8 +1,9 @@
-"""Poly and MHR, as PEFT implements them: per-task allocation over S skills, A and B mixed separately.
+"""Poly, as PEFT implements it: per-task allocation over S skills, A and B mixed separately.
 
 w_t = normalise(GumbelSigmoid(theta_t)) in training, normalise(sigmoid(theta_t)) in eval, per head;
 A_t = sum_s w_ts A_s, B_t = sum_s w_ts B_s per head block; delta(x) = s * x A_t B_t (s = 1/r by default).
-MHR (n_splits = h > 1) routes each of h blocks of A's input rows and B's output columns separately.
+With n_splits = h > 1 each of h blocks of A's input rows and B's output columns is routed separately:
+that is MHR (`mhr.py`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,26 @@ from .base import AdapterLayer, init_uniform_
 
 class PolyLayer(AdapterLayer):
     routing = "sequence"
+    uses_task_ids = True
+    routing_parameters = ("allocation_logits",)
+    per_task_parameters = ("allocation_logits",)
+
+    @classmethod
+    def check_config(cls, config) -> tuple[str, str] | None:
+        if config.n_splits != 1:
+            return "n_splits", "1 for poly (use method='mhr' for several heads)"
+        return None
+
+    @classmethod
+    def default_scaling(cls, config) -> float:
+        return 1.0 / config.r  # as PEFT's Poly
+
+    @classmethod
+    def export_routing(cls, config, task_id=None, task_weights=None) -> dict:
+        if task_id is None or not 0 <= int(task_id) < config.n_tasks:
+            raise SkillMixError(f"export_lora(task_id=...): expected an integer in [0, {config.n_tasks}) for "
+                                f"{config.method!r}, got {task_id!r}")
+        return {"task_id": int(task_id)}
 
     def reset_parameters(self, config) -> None:
         h, s, r = config.n_splits, config.n_skills, self.r
@@ -29,6 +50,29 @@ class PolyLayer(AdapterLayer):
         if not config.init_weights:
             init_uniform_(self.lora_B.data, r)
         self.allocation_logits = nn.Parameter(torch.empty(config.n_tasks, h * s).uniform_(-1e-3, 1e-3))  # [n_tasks, h*S]
+
+    def set_gumbel_temperature(self, temperature: float) -> None:
+        self.temperature = float(temperature)
+
+    def eval_allocation(self) -> torch.Tensor:
+        """sigmoid(Theta) as [n_tasks, h, S]."""
+        return torch.sigmoid(self.allocation_logits).view(self.n_tasks, self.n_splits, self.n_skills)
+
+    @torch.no_grad()
+    def add_task_rows(self, n: int) -> None:
+        """Append `n` allocation rows, each the mean of the trained rows (`mean_allocation_logits`)."""
+        logits = self.allocation_logits
+        row = mean_allocation_logits(logits.view(self.n_tasks, self.n_splits, self.n_skills)).reshape(1, -1)
+        grown = torch.cat([logits.detach(), row.to(logits).expand(n, -1)])
+        self.allocation_logits = nn.Parameter(grown, requires_grad=logits.requires_grad)
+        self.n_tasks += n
+
+    @torch.no_grad()
+    def keep_task_rows(self, n_tasks: int) -> None:
+        """Keep only the first `n_tasks` allocation rows (undoes `add_task_rows`)."""
+        logits = self.allocation_logits
+        self.allocation_logits = nn.Parameter(logits.detach()[:n_tasks].clone(), requires_grad=logits.requires_grad)
+        self.n_tasks = n_tasks
 
     def skill_weights(self, task_ids: torch.Tensor) -> torch.Tensor:
         """task_ids [B] -> normalised skill weights [B, h, S]."""
@@ -86,3 +130,16 @@ class PolyLayer(AdapterLayer):
         finally:
             self.training = training
         return a[0].T, b[0].T * self.scaling
+
+
+@torch.no_grad()
+def mean_allocation_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Allocation logits [T, h, S] -> one row [h, S] whose normalised sigmoid is the mean of the T rows'
+    normalised sigmoids: the skill weights of a task without a row of its own (METHODS.md §1.7, OA-17).
+
+    The row's logits are logit(c · w_new) with c = 0.5 / max(w_new) per head, so that
+    normalise(σ(row)) = w_new (to ~1e-7) and the largest entry sits at σ = 0.5.
+    """
+    weights = normalise_rows(torch.sigmoid(logits.double())).mean(0)  # [h, S], each head on the simplex
+    scaled = 0.5 * weights / weights.amax(-1, keepdim=True)
+    return torch.logit(scaled.clamp_min(1e-30)).to(logits.dtype)
