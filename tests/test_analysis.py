@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from skillmix.analysis import confusion, inspect_run, nmi, purity
-from skillmix.train import TrainConfig, load_data, train
+from skillmix.runs import TrainConfig, load_data
+from skillmix.train import train
 
 
 # ---- metrics -------------------------------------------------------------------------------------------

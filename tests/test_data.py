@@ -335,14 +335,15 @@ def test_training_reference_choice_is_seeded(data_causal_tokenizer):
 def test_cli_summary_prints_tasks_lengths_and_totals(tmp_path, data_write_task, capsys):
     data_write_task("task001_demo", n_instances=10)
     data_write_task("task002_demo", n_instances=5)
-    assert cli.main(["data", "summary", "--data-dir", str(tmp_path / "tasks"), "--num-pos-examples", "0"]) == 0
+    assert cli.main(["data", "summary", "--data-dir", str(tmp_path / "tasks"), "--num-pos-examples", "0",
+                     "--n-test", "2"]) == 0
     out = capsys.readouterr().out
     # definition-only prompt of "question i": "Definition: Answer the question.\n\nNow complete ... Input: question i.\nOutput: "
     words = len("Definition: Answer the question. Now complete the following example - Input: question 0. Output:".split())
     task_line = next(line for line in out.splitlines() if line.startswith("task001_demo"))
     assert task_line.split()[-5:] == ["10", "8", "2", f"{words:.1f}", f"{(10 * 2 + 1) / 11:.1f}"]
     total = next(line for line in out.splitlines() if line.startswith("TOTAL"))
-    assert "TOTAL (2 tasks)" in total and total.split()[-5:-2] == ["15", "12", "3"]
+    assert "TOTAL (2 tasks)" in total and total.split()[-5:-2] == ["15", "11", "4"]
     assert "whitespace words" in out and "skipped invalid: 0" in out
 
 
@@ -350,7 +351,7 @@ def test_cli_summary_with_tokenizer_counts_tokens(tmp_path, data_write_task, dat
     data_write_task("task001_demo", n_instances=5)
     data_causal_tokenizer.save_pretrained(tmp_path / "tok")
     argv = ["data", "summary", "--data-dir", str(tmp_path / "tasks"), "--tokenizer", str(tmp_path / "tok"),
-            "--max-source-tokens", "60", "--max-target-tokens", "3"]
+            "--max-source-tokens", "60", "--max-target-tokens", "3", "--n-test", "1"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "tokens of" in out and "5/5 prompts cut to 60 tokens (5 lost positive examples), 5/6 targets over 3 tokens" in out
@@ -377,7 +378,7 @@ def test_cli_errors_exit_2_with_one_line(files, extra, pattern, tmp_path, data_w
 def test_cli_skip_invalid_counts_skipped_file(tmp_path, data_write_task, capsys):
     data_write_task("task001_demo")
     data_write_task("task002_bad", content='{"Definition": ["x"]}')
-    assert cli.main(["data", "summary", "--data-dir", str(tmp_path / "tasks"), "--skip-invalid"]) == 0
+    assert cli.main(["data", "summary", "--data-dir", str(tmp_path / "tasks"), "--skip-invalid", "--n-test", "2"]) == 0
     captured = capsys.readouterr()
     assert "TOTAL (1 tasks)" in captured.out
     assert "skipped invalid: 1\n  task002_bad.json: missing field 'Instances'" in captured.out

@@ -18,9 +18,10 @@ from skillmix.data import load_multitask_data, split_instances, split_tasks
 from skillmix.data.superni import first_category, load_task
 from skillmix.evaluate import evaluate_run
 from skillmix.hub import load_base_model
-from skillmix.model import mean_allocation_logits
+from skillmix.layers.poly import mean_allocation_logits
 from skillmix.routing import normalise_rows
-from skillmix.train import TrainConfig, load_data, train
+from skillmix.runs import TrainConfig, load_data
+from skillmix.train import train
 
 from tiny_models import tiny_llama
 
@@ -230,7 +231,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "task split: 3 seen / 1 unseen tasks" in printed and task in printed and task not in summary["tasks"]
     assert main(["eval", "--adapter", str(out), "--split", "unseen", "--max-new-tokens", "4"]) == 0
     assert list(json.loads((out / "metrics_unseen.json").read_text())["per_task"]) == [task]
-    assert main(["adapt", "--adapter", str(out), "--task", task, "--shots", "2", "--params", "routing", "--steps", "1"]) == 0
+    assert main(["adapt", "--adapter", str(out), "--task", task, "--shots", "2", "--params", "routing", "--max-steps", "1"]) == 0
     new = out / "adapt" / f"{task}-k2-routing"
     assert "trainable params" in capsys.readouterr().out
     assert main(["eval", "--adapter", str(new), "--split", "unseen", "--max-new-tokens", "4"]) == 0
@@ -255,7 +256,7 @@ def test_cli_end_to_end(tmp_path, capsys):
 
 
 def test_runs_started_before_the_unseen_options_still_resume(tmp_path):
-    from skillmix.train import prepare_output_dir
+    from skillmix.runs import prepare_output_dir
 
     cfg = TrainConfig(output_dir=str(tmp_path))
     old = {k: v for k, v in cfg.to_dict().items() if k not in ("unseen_tasks", "unseen_categories")}
@@ -268,7 +269,7 @@ def test_runs_started_before_the_unseen_options_still_resume(tmp_path):
 def test_runs_without_a_hold_out_score_and_adapt_on_tasks_they_never_trained_on(tmp_path, capsys):
     """A seen-task run (no unseen split) evaluated zero-shot on named tasks and adapted to one of them:
     its own tasks and instance splits stay exactly the training ones; a training task is refused."""
-    from skillmix.train import with_unseen_tasks
+    from skillmix.runs import with_unseen_tasks
 
     cfg = TrainConfig(**{**TINY, "unseen_tasks": None, "tasks": 3, "method": "poly", "output_dir": str(tmp_path / "run")},
                       adapter={"n_skills": 2})

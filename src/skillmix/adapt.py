@@ -29,12 +29,14 @@ from typing import Any
 
 import torch
 
-from .data import Collator, MultiTaskData, list_tasks, model_inputs
+from .batching import global_batches
+from .data import Collator, MultiTaskData, list_tasks
 from .errors import SkillMixError
-from .evaluate import ADAPT_SUMMARY
 from .io import atomic_write_text
 from .model import SkillMixModel, load_model
-from .train import RUN_CONFIG, TrainConfig, encode, global_batches, load_data, read_run_config, with_unseen_tasks
+from .runs import (ADAPT_SUMMARY, RUN_CONFIG, TrainConfig, encode, load_data, read_run_config,
+                   with_unseen_tasks)
+from .train import StepContext, make_accelerator, run_loop
 
 PARAMS = ("routing", "all")
 DEFAULT_STEPS = 30  # optimizer steps when shots > 0 (batches cycle over the k shots in seeded epochs)
@@ -66,16 +68,20 @@ def few_shot_pool(cfg: TrainConfig, task: str, run_dir: Path | str = "the run") 
 
 
 def trainable_masks(model: SkillMixModel, params: str, new_row: int | None = None) -> dict[str, torch.Tensor | None]:
-    """{adapter_state_dict key: None (whole tensor trained) or a row mask [rows, 1] (only True rows)}."""
+    """{adapter_state_dict key: None (whole tensor trained) or a row mask [rows, 1] (only True rows)}.
+
+    Per-task parameters (one row per task id: Poly/MHR's allocation logits) train only the new task's row.
+    """
     if params not in PARAMS:
         raise SkillMixError(f"--params {params!r}: expected one of {', '.join(PARAMS)}")
     state = model.adapter_state_dict()
     keys = model.routing_parameter_names() if params == "routing" else list(state)
     if not keys:
         raise SkillMixError(f"method {model.method!r} has no routing parameters to adapt; use --params all")
+    per_task = set(model.per_task_parameter_names())
     masks: dict[str, torch.Tensor | None] = {}
     for key in keys:
-        if model.method in ("poly", "mhr") and key.endswith("allocation_logits"):
+        if key in per_task:
             row = torch.zeros(state[key].shape[0], 1, dtype=torch.bool, device=state[key].device)
             row[new_row] = True
             masks[key] = row
@@ -170,7 +176,9 @@ def adapt(run_dir: str | Path, task: str, shots: int, params: str = "routing", o
 
 def _train(model: SkillMixModel, cfg: TrainConfig, masks, examples, steps: int, lr: float, batch_size: int, seed: int,
            tokenizer, kind: str) -> list[dict[str, Any]]:
-    """AdamW (no weight decay) on the masked parameters; frozen rows are restored after every step."""
+    """`steps` optimizer steps of the training loop (`train.run_loop`) on the masked parameters: AdamW without
+    weight decay at a constant lr, the Gumbel temperature fixed at the run's last; frozen rows are restored
+    after every step."""
     torch.manual_seed(seed)
     random.seed(seed)
     state = model.adapter_state_dict()
@@ -183,30 +191,22 @@ def _train(model: SkillMixModel, cfg: TrainConfig, masks, examples, steps: int, 
         if mask is not None:
             p.register_hook(lambda grad, m=mask: grad * m.to(grad.dtype))
             frozen_rows[key] = (p, mask, p.detach().clone())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    model.train()
-    model.set_gumbel_temperature(cfg.gumbel_temperature_end if cfg.gumbel_temperature_end is not None
-                                 else cfg.gumbel_temperature)
-    bsz = min(batch_size, len(examples))
-    epochs = math.ceil(steps * bsz / len(examples)) + 1
-    plan = global_batches(len(examples), bsz, seed, epochs)[:steps]
-    collate = Collator(tokenizer, kind, seed=seed)
-    device = next(iter(state.values())).device
-    log = []
-    for step, indices in enumerate(plan):
-        batch = collate([examples[i] for i in indices])
-        inputs = {k: v.to(device) for k, v in model_inputs(batch, model.adapter_config.uses_task_ids).items()}
-        loss = model(**inputs).loss
-        total = loss + model.aux_loss().to(loss.device)
-        if not math.isfinite(total.item()):
-            raise SkillMixError(f"adapt: loss became {total.item()} at step {step + 1}; lower --lr")
-        total.backward()
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+
+    def restore_frozen_rows() -> None:
         with torch.no_grad():
             for p, mask, original in frozen_rows.values():
                 p.copy_(torch.where(mask, p, original))
-        log.append({"step": step + 1, "loss": round(loss.item(), 6)})
-    return log
+
+    bsz = min(batch_size, len(examples))
+    temperature = cfg.gumbel_temperature_end if cfg.gumbel_temperature_end is not None else cfg.gumbel_temperature
+    step_cfg = dataclasses.replace(cfg, lr=lr, batch_size=bsz, grad_accum=1, seed=seed, weight_decay=0.0,
+                                   gumbel_temperature=temperature, gumbel_temperature_end=None, bf16=False)
+    accelerator = make_accelerator(bf16=False)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    model.train()
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    epochs = math.ceil(steps * bsz / len(examples)) + 1
+    plan = global_batches(len(examples), bsz, seed, epochs)[:steps]
+    ctx = StepContext(step_cfg, prepared, accelerator.unwrap_model(prepared), optimizer, None, accelerator, examples,
+                      Collator(tokenizer, kind), kind, steps)
+    return run_loop(ctx, plan, after_step=restore_frozen_rows)

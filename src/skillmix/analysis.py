@@ -11,12 +11,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .config import SEQUENCE_ROUTED, TOKEN_ROUTED
 from .data import Collator, model_inputs
 from .errors import SkillMixError
 from .io import atomic_write_text
 from .model import SkillMixModel, load_model
-from .train import TrainConfig, encode, load_data, read_run_config
+from .runs import TrainConfig, encode, load_data, read_run_config
 
 INSPECT = "inspect.json"
 # Cross-attention key/value projections of a seq2seq decoder read encoder states.
@@ -135,21 +134,20 @@ def _batches(cfg: TrainConfig, examples, tokenizer, kind: str):
 
 
 def _allocation(model: SkillMixModel, task_names: list[str], out: Path, files: list[str]) -> dict[str, Any]:
-    """Plot sigma(Theta) per layer: [N, S] (orchmoe) or [n_tasks, h*S] with heads side by side (poly/mhr)."""
+    """Plot sigma(Theta) per layer: rows are task ids (a method routed by task id, [n_tasks, h, S]: heads side by
+    side) or abstract tasks ([N, S]), columns skills."""
     alloc = {name: a.float().cpu().numpy() for name, a in model.last_routing()["allocation"].items()}
-    if not alloc:  # orchmoe with skill_router="uniform": no learned allocation
+    if not alloc:  # no learned allocation (e.g. OrchMoE with skill_router="uniform")
         return {}
-    if model.method == "orchmoe":
-        rows = [f"a{i}" for i in range(model.adapter_config.n_abstract_tasks)]
-        mats, heads, xlabel = alloc, 0, "skill"
-    else:
-        rows = [_short(t) for t in task_names]
-        heads = model.adapter_config.n_splits
-        mats = {name: a.reshape(a.shape[0], -1) for name, a in alloc.items()}  # [n_tasks, h*S]
-        xlabel = "skill (per head)" if heads > 1 else "skill"
+    first = next(iter(alloc.values()))
+    n_rows, n_skills = first.shape[0], first.shape[-1]
+    heads = first.shape[1] if first.ndim == 3 else 1
+    rows = [_short(t) for t in task_names] if model.layer_class.uses_task_ids else [f"a{i}" for i in range(n_rows)]
+    mats = {name: a.reshape(a.shape[0], -1) for name, a in alloc.items()}  # [rows, h*S]
+    xlabel = "skill (per head)" if heads > 1 else "skill"
     path = out / "allocation.png"
     _heatmap_grid(path, mats, rows, xlabel, f"{model.method}: allocation sigmoid(Theta) per layer", vmax=1.0,
-                  separators=model.adapter_config.n_skills if heads > 1 else 0)
+                  separators=n_skills if heads > 1 else 0)
     files.append(str(path))
     return {name: a.tolist() for name, a in alloc.items()}
 
@@ -177,7 +175,7 @@ def _task_router(model: SkillMixModel, cfg: TrainConfig, examples, tokenizer, ki
     _annotated(left, counts, rows, cols, "examples: true task x argmax w", "d")
     _annotated(right, mean_w, [""] * len(rows), cols, "mean task weight w", ".2f", vmax=1.0)
     score_nmi, score_purity = nmi(true, assigned), purity(true, assigned)
-    fig.suptitle(f"orchmoe task router: NMI {score_nmi:.3f}, purity {score_purity:.3f}", fontsize=9)
+    fig.suptitle(f"{model.method} task router: NMI {score_nmi:.3f}, purity {score_purity:.3f}", fontsize=9)
     path = out / "task_router.png"
     fig.savefig(path, dpi=120)
     files.append(str(path))
@@ -237,8 +235,8 @@ def _utilisation(model: SkillMixModel, cfg: TrainConfig, examples, tokenizer, ki
     ax_map.set_yticks(range(len(layers)), [_short_layer(n) for n in layers], fontsize=6)
     ax_map.set_xticks(range(n_experts), range(n_experts), fontsize=7)
     ax_map.set_xlabel("expert", fontsize=8)
-    ax_map.set_title("mean router probability" + (" (over rank groups)" if model.method == "mode" else ""),
-                     fontsize=8)
+    groups = group_util[layers[0]].shape[0]
+    ax_map.set_title("mean router probability" + (" (over rank groups)" if groups > 1 else ""), fontsize=8)
     fig.colorbar(image, ax=ax_map, shrink=0.8).ax.tick_params(labelsize=7)
     ax_bar.barh(range(len(layers)), balance, color="tab:gray")
     ax_bar.set_xlim(0, 1)
@@ -261,7 +259,7 @@ def _utilisation(model: SkillMixModel, cfg: TrainConfig, examples, tokenizer, ki
         "per_task_utilisation": {t: {n: per_task[n][i].tolist() for n in layers} for i, t in enumerate(task_names)},
         "tokens": {n: int(tokens[n].sum()) for n in layers},
     }
-    if group_util[layers[0]].shape[0] > 1:  # mode: one router per rank group
+    if groups > 1:  # one router per rank group (MoDE)
         path = out / "utilisation_groups.png"
         _heatmap_grid(path, group_util, [f"g{g}" for g in range(group_util[layers[0]].shape[0])], "expert",
                       f"{model.method}: mean router probability per rank group")
@@ -290,20 +288,20 @@ def inspect_run(run_dir: str | Path, output_dir: str | Path | None = None, split
     out.mkdir(parents=True, exist_ok=True)
     base_model, tokenizer, kind = base if base is not None else load_base_model(cfg.model)
     model = load_model(base_model, run_dir)
-    method = model.method
+    method, routing = model.method, model.layer_class.routing
     task_names = model.adapter_config.extra.get("task_names")
     summary: dict[str, Any] = {"method": method, "run_dir": str(run_dir), "split": split}
     files: list[str] = []
 
-    if method == "lora":
-        summary["note"] = "LoRA has no routing: nothing to inspect"
+    if routing == "none":
+        summary["note"] = f"{method} has no routing: nothing to inspect"
     else:
-        if method in SEQUENCE_ROUTED:
+        if routing == "sequence":
             task_names = task_names or [f"task{i}" for i in range(model.adapter_config.n_tasks)]
             allocation = _allocation(model, task_names, out, files)
             if allocation:
                 summary["allocation"] = allocation
-        if method == "orchmoe" or method in TOKEN_ROUTED:
+        if model.layer_class.uses_task_weights or routing == "token":  # routing that depends on the prompt
             data = load_data(cfg)
             if split == "unseen":  # the evaluation prompts of the unseen tasks (routing of new tasks)
                 if data.unseen is None:
@@ -317,7 +315,7 @@ def inspect_run(run_dir: str | Path, output_dir: str | Path | None = None, split
             if not examples:
                 raise SkillMixError(f"{run_dir}: the {split} split has no examples to inspect")
             summary["num_examples"] = len(examples)
-            if method == "orchmoe":
+            if model.layer_class.uses_task_weights:
                 summary["task_router"] = _task_router(model, cfg, examples, tokenizer, kind, task_names, out, files)
             else:
                 summary.update(_utilisation(model, cfg, examples, tokenizer, kind, task_names, out, files))

@@ -10,10 +10,10 @@ import sys
 from statistics import fmean
 from typing import Any
 
-from skillmix.data import MultiTaskData, build_prompt, load_multitask_data, num_tokens
-from skillmix.data.superni import DEFAULT_TEST_FRACTION
-from skillmix.layers import LAYERS, METHODS
+from skillmix.data import build_prompt, num_tokens
 from skillmix.errors import SkillMixError
+from skillmix.layers import LAYERS, METHODS
+from skillmix.runs import DATA, OPTIM, PROMPT, RUN, TrainConfig
 
 
 def _positive_int(text: str) -> int:
@@ -30,58 +30,8 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options that choose SuperNI tasks and split their instances (shared by data/train/eval commands)."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--data-dir", help="task directory or natural-instructions checkout "
-                       "(default: $SKILLMIX_DATA_DIR, else ../shared/superni/tasks)")
-    group.add_argument("--tasks", help="comma-separated task names (default: all tasks in the directory)")
-    group.add_argument("--num-tasks", type=_positive_int,
-                       help="N random tasks: random.Random(seed).sample(sorted(names), N)")
-    group.add_argument("--seed", type=int, default=0, help="seed for task sampling and instance splits (default 0)")
-    group.add_argument("--n-test", type=_positive_int, help="test instances per task (default: --test-fraction)")
-    group.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
-                       help=f"test share per task when no --n-test (default {DEFAULT_TEST_FRACTION})")
-    group.add_argument("--n-train", type=int, help="train instances per task (default: all the rest)")
-    group.add_argument("--max-instances", type=_positive_int, help="cap on instances per task, applied before splitting")
-    group.add_argument("--skip-invalid", action="store_true",
-                       help="skip bad task files (and tasks too small for the split) with a warning")
-    group.add_argument("--unseen-tasks", type=_unseen_value, metavar="FRACTION|NAMES",
-                       help="hold out unseen tasks: a fraction of the chosen tasks (stratified by category), "
-                       "comma-separated task names, or 'official' (splits/default/test_tasks.txt)")
-    group.add_argument("--unseen-categories", type=_comma_list, metavar="NAMES",
-                       help="also hold out every task of these comma-separated categories")
-
-
 def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _unseen_value(text: str) -> float | list[str] | str:
-    """--unseen-tasks: a fraction, 'official', or comma-separated task names."""
-    try:
-        return float(text)
-    except ValueError:
-        names = _comma_list(text)
-        return "official" if names == ["official"] else names
-
-
-def data_from_args(args: argparse.Namespace) -> MultiTaskData:
-    """Load and split the SuperNI tasks chosen by `add_data_arguments` options."""
-    names = [name.strip() for name in args.tasks.split(",") if name.strip()] if args.tasks else None
-    return load_multitask_data(
-        data_dir=args.data_dir,
-        names=names,
-        num_tasks=args.num_tasks,
-        seed=args.seed,
-        n_test=args.n_test,
-        n_train=args.n_train,
-        test_fraction=args.test_fraction,
-        max_instances=args.max_instances,
-        skip_invalid=args.skip_invalid,
-        unseen=args.unseen_tasks,
-        unseen_categories=args.unseen_categories,
-    )
 
 
 def _load_tokenizer(name: str) -> Any:
@@ -106,11 +56,21 @@ def _print_table(header: list[str], rows: list[list[Any]]) -> None:
 
 
 def cmd_data_summary(args: argparse.Namespace) -> int:
-    """Print per-task instances, split sizes, categories and mean prompt/target lengths, then totals."""
-    if args.tokenizer is None and (args.max_source_tokens or args.max_target_tokens):
+    """Print per-task instances, split sizes, categories and mean prompt/target lengths, then totals: the split
+    `skillmix train` makes with the same data options."""
+    from skillmix.data import list_tasks
+    from skillmix.runs import load_data
+
+    options = _collect(args, "train")
+    budgets = {k for k in ("max_source_tokens", "max_target_tokens") if k in options}
+    if args.tokenizer is None and budgets:
         raise SkillMixError("--max-source-tokens/--max-target-tokens need --tokenizer to count tokens")
-    data = data_from_args(args)
+    if "tasks" not in options:  # the summary's default: every task of the directory
+        options["tasks"] = list_tasks(options.get("data_dir"))
+    cfg = TrainConfig.from_dict(options, source="command line")
+    data = load_data(cfg, skip_invalid=args.skip_invalid)
     tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
+    max_source = cfg.max_source_tokens if tokenizer else None
 
     def length(text: str) -> int:
         return num_tokens(tokenizer, text) if tokenizer else len(text.split())
@@ -121,13 +81,13 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
     for name, task in sorted(data.tasks.items()):
         prompt_lengths, target_lengths = [], []
         for instance in task.instances:
-            prompt = build_prompt(task, instance.input, args.num_pos_examples, True, tokenizer, args.max_source_tokens)
+            prompt = build_prompt(task, instance.input, cfg.num_pos_examples, True, tokenizer, max_source)
             cut_sources += prompt.truncated
             short_prompts += prompt.examples_dropped > 0
             prompt_lengths.append(length(prompt.text))
             target_lengths += [length(reference) for reference in instance.outputs]
-        if args.max_target_tokens is not None:
-            cut_targets += sum(n > args.max_target_tokens for n in target_lengths)
+        if tokenizer is not None:
+            cut_targets += sum(n > cfg.max_target_tokens for n in target_lengths)
         all_prompts += prompt_lengths
         all_targets += target_lengths
         rows.append([name, "; ".join(task.categories), len(task.instances), sizes[name]["train"], sizes[name]["test"],
@@ -137,12 +97,12 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
                  len(data.test), _mean_text(all_prompts), _mean_text(all_targets)])
     _print_table(["task", "categories", "instances", "train", "test", "prompt_len", "target_len"], rows)
     unit = f"tokens of {args.tokenizer}" if tokenizer else "whitespace words (pass --tokenizer for tokens)"
-    print(f"lengths: mean {unit}; prompt = Definition + {args.num_pos_examples} positive examples + input")
-    if tokenizer and (args.max_source_tokens or args.max_target_tokens):
-        print(f"truncated: {cut_sources}/{len(all_prompts)} prompts cut to {args.max_source_tokens} tokens "
+    print(f"lengths: mean {unit}; prompt = Definition + {cfg.num_pos_examples} positive examples + input")
+    if tokenizer:
+        print(f"truncated: {cut_sources}/{len(all_prompts)} prompts cut to {cfg.max_source_tokens} tokens "
               f"({short_prompts} lost positive examples), "
-              f"{cut_targets}/{len(all_targets)} targets over {args.max_target_tokens} tokens")
-    print(f"split: seed {args.seed}, {len(data.train)} train / {len(data.test)} test instances")
+              f"{cut_targets}/{len(all_targets)} targets over {cfg.max_target_tokens} tokens")
+    print(f"split: data seed {cfg.data_seed}, {len(data.train)} train / {len(data.test)} test instances")
     if data.unseen is not None:
         print(data.task_split["text"])
         print(f"unseen tasks: {len(data.unseen.test)} evaluation / {len(data.unseen.train)} adaptation-pool instances")
@@ -150,7 +110,7 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- train / eval / compare / inspect / demo -----------------------------------------------------------
+# ---- options: one flag per dataclass field --------------------------------------------------------------
 _ADAPTER_SKIP = {"method", "n_tasks", "gumbel_temperature", "load_balancing_coef", "base_model_name_or_path", "extra"}
 _LIST_FIELDS = {"tasks", "target_modules", "unseen_tasks", "unseen_categories"}
 
@@ -165,39 +125,44 @@ def _parse_value(name: str, text: str) -> Any:
     return value
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str], title: str) -> None:
-    """One --flag per dataclass field; values override the config file only when given."""
+def _add_field_options(parser: argparse.ArgumentParser, fields, dest: str, title: str) -> None:
+    """One --flag per dataclass field in an argument group; values override the config file only when given."""
     import dataclasses
 
     group = parser.add_argument_group(title)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
+    for f in fields:
         default = f.default if f.default is not dataclasses.MISSING else "see docs"
-        group.add_argument("--" + f.name.replace("_", "-"), dest=f"{title}:{f.name}", default=argparse.SUPPRESS,
-                           metavar=f.name.upper(), help=f"(default: {default})")
+        text = f.metadata.get("help")
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f"{dest}:{f.name}", default=argparse.SUPPRESS,
+                           metavar=f.name.upper(), help=text if text and "default" in text else f"{text or ''} (default: {default})".strip())
 
 
-def _collect(args: argparse.Namespace, title: str) -> dict[str, Any]:
-    prefix = title + ":"
+def _add_groups(parser: argparse.ArgumentParser, *groups: str) -> None:
+    """The flags of these TrainConfig option groups (RUN, DATA, PROMPT, OPTIM)."""
+    for group in groups:
+        _add_field_options(parser, TrainConfig.fields_of(group), "train", group)
+
+
+def _collect(args: argparse.Namespace, dest: str) -> dict[str, Any]:
+    prefix = dest + ":"
     return {k[len(prefix):]: _parse_value(k[len(prefix):], v) for k, v in vars(args).items() if k.startswith(prefix)}
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    import dataclasses
+
     from skillmix.config import SkillMixConfig
-    from skillmix.train import TrainConfig
 
     parser.add_argument("--config", help="YAML/JSON file of train options (flags override it)")
-    _add_dataclass_options(parser, TrainConfig, {"adapter"}, "train")
-    _add_dataclass_options(parser, SkillMixConfig, _ADAPTER_SKIP, "adapter")
+    _add_groups(parser, RUN, DATA, PROMPT, OPTIM)
+    _add_field_options(parser, [f for f in dataclasses.fields(SkillMixConfig) if f.name not in _ADAPTER_SKIP],
+                       "adapter", "adapter")
 
 
-def _train_config(args: argparse.Namespace, **fixed: Any):
-    from skillmix.train import TrainConfig
-
+def _train_config(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
     options = {**_collect(args, "train"), **fixed}
     adapter = _collect(args, "adapter")
-    if args.config:
+    if getattr(args, "config", None):
         cfg = TrainConfig.from_file(args.config, **options)
         if adapter:
             cfg = TrainConfig.from_dict({**cfg.to_dict(), "adapter": {**cfg.adapter, **adapter}})
@@ -222,7 +187,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from skillmix.evaluate import evaluate_run
 
     summary = adapt(args.adapter, args.task, args.shots, params=args.params, output_dir=args.output_dir,
-                    steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed, overwrite=args.overwrite)
+                    steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed, overwrite=args.overwrite)
     print(f"adapted {summary['method']} to {summary['task']}: {summary['shots']} shots, --params {summary['params']}, "
           f"{summary['trainable_params']:,d} trainable params, {summary['steps']} steps (lr {summary['lr']:g}), "
           f"final loss {summary['final_loss']} -> {summary['output_dir']}")
@@ -246,20 +211,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     options = dict(split=args.split, batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit)
     collected = _collect(args, "train")
-    output_dir = collected.get("output_dir")
-    if args.adapter:  # --unseen-tasks NAMES: score the run zero-shot on these tasks (never trained on)
+    if args.adapter:  # the run's own model, data and prompts; --unseen-tasks NAMES: score it zero-shot on these tasks
+        unused = sorted(set(collected) - {"unseen_tasks"}) + (["config"] if args.config else [])
+        if unused:
+            flag = "--" + unused[0].replace("_", "-")
+            raise SkillMixError(f"eval --adapter: {flag} comes from the run's train_config.json; expected no "
+                                "model, data or prompt options beside --unseen-tasks")
         unseen = collected.get("unseen_tasks")
         if unseen is not None and not isinstance(unseen, list):
             raise SkillMixError(f"--unseen-tasks {unseen!r} with --adapter: expected comma-separated task names")
-        metrics = evaluate_run(args.adapter, output_dir=output_dir, unseen_tasks=unseen, **options)
-        _print_metrics(metrics, output_dir or args.adapter)
+        metrics = evaluate_run(args.adapter, output_dir=args.output_dir, unseen_tasks=unseen, **options)
+        _print_metrics(metrics, args.output_dir or args.adapter)
         return 0
-    if not output_dir:
+    if not args.output_dir:
         raise SkillMixError("eval: pass --adapter RUN_DIR, or --output-dir (with data options) to evaluate the base model")
     cfg = _train_config(args)
     model, tokenizer, kind = load_base_model(cfg.model)
-    metrics = evaluate_model(model, tokenizer, kind, cfg, output_dir, **options)
-    _print_metrics(metrics, output_dir)
+    metrics = evaluate_model(model, tokenizer, kind, cfg, args.output_dir, **options)
+    _print_metrics(metrics, args.output_dir)
     return 0
 
 
@@ -273,9 +242,9 @@ def _int_list(text: str) -> list[int]:
 def _run_compare(args: argparse.Namespace, template, methods: list[str]) -> int:
     from skillmix.compare import compare
 
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted(set(methods) - set(LAYERS))
     if unknown:
-        raise SkillMixError(f"--methods: unknown method(s) {', '.join(unknown)}; expected some of {', '.join(METHODS)}")
+        raise SkillMixError(f"--methods: unknown method(s) {', '.join(unknown)}; expected some of {', '.join(LAYERS)}")
     eval_options = dict(batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens)
     compare(template, methods, args.seeds, args.output_dir, budget=args.budget, eval_options=eval_options)
     print(open(f"{args.output_dir}/results.md", encoding="utf-8").read())
@@ -299,7 +268,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from skillmix.config import SkillMixConfig
     from skillmix.hub import load_base_model
     from skillmix.model import count_parameters
-    from skillmix.train import TrainConfig
 
     template = TrainConfig(model=args.model, output_dir=args.output_dir, data_dir=args.data_dir, **DEMO)
     args.seeds = [0]
@@ -342,13 +310,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="inspect SuperNI task data")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
-    summary = data_commands.add_parser("summary", help="per-task instances, categories, split sizes and lengths")
-    add_data_arguments(summary)
+    summary = data_commands.add_parser("summary", help="per-task instances, categories, split sizes and lengths "
+                                       "(the split `train` makes with the same data options)")
+    _add_groups(summary, DATA, PROMPT)
+    summary._option_string_actions["--tasks"].help = ("N random tasks (seeded by --data-seed) or comma-separated "
+                                                      "task names (default: every task of the directory)")
     summary.add_argument("--tokenizer", help="tokenizer name or path: report lengths in its tokens")
-    summary.add_argument("--num-pos-examples", type=int, choices=(0, 1, 2), default=2,
-                         help="positive examples in the prompt (default 2; 0 = definition only)")
-    summary.add_argument("--max-source-tokens", type=_positive_int, help="count prompts over this budget (needs --tokenizer)")
-    summary.add_argument("--max-target-tokens", type=_positive_int, help="count targets over this budget (needs --tokenizer)")
+    summary.add_argument("--skip-invalid", action="store_true",
+                         help="skip bad task files (and tasks too small for the split) with a warning")
     summary.set_defaults(func=cmd_data_summary)
 
     train = commands.add_parser("train", help="train one adapter on SuperNI tasks")
@@ -362,9 +331,13 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=("test", "train", "unseen"),
                           help="test: held-out instances of the training tasks; unseen: the evaluation instances of "
                           "the unseen tasks, zero-shot (of the adapted task, for a 'skillmix adapt' directory)")
+    evaluate.add_argument("--output-dir", help="where predictions and metrics go (default: the --adapter directory)")
     _add_eval_options(evaluate)
     evaluate.add_argument("--limit", type=_positive_int, help="evaluate only the first N examples")
-    _add_train_options(evaluate)  # data options, for the base model without --adapter
+    evaluate.add_argument("--model", dest="train:model", default=argparse.SUPPRESS,
+                          help="without --adapter: the base model to evaluate (default: SmolLM2-135M-Instruct)")
+    evaluate.add_argument("--config", help="without --adapter: YAML/JSON file of data and prompt options")
+    _add_groups(evaluate, DATA, PROMPT)  # without --adapter: the base model on these tasks and prompts
     evaluate.set_defaults(func=cmd_eval)
 
     comp = commands.add_parser("compare", help="train + evaluate several methods at a matched parameter budget")
@@ -384,7 +357,7 @@ def _build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--params", default="routing", choices=("routing", "all"),
                        help="routing: only the routing parameters (Poly/MHR: a new allocation row); all: the whole adapter")
     adapt.add_argument("--output-dir", help="new adapter directory (default RUN/adapt/<task>-k<K>-<params>)")
-    adapt.add_argument("--steps", type=_non_negative_int, help="optimizer steps (default 30 when k > 0)")
+    adapt.add_argument("--max-steps", type=_non_negative_int, help="optimizer steps (default 30 when k > 0)")
     adapt.add_argument("--lr", type=float, help="learning rate (default: the run's lr, x10 for --params routing)")
     adapt.add_argument("--batch-size", type=_positive_int, help="batch size (default: the run's, at most k)")
     adapt.add_argument("--seed", type=int, default=0, help="data order and Gumbel noise (default 0)")

@@ -16,9 +16,12 @@ from .config import SkillMixConfig
 from .errors import SkillMixError
 from .io import atomic_write_text
 from .model import count_parameters
-from .train import CHECKPOINT, RUN_CONFIG, SUMMARY, TrainConfig, load_data, train
+from .runs import (CHECKPOINT, METRICS, RUN_CONFIG, SUMMARY, TrainConfig, holds_out_tasks, load_data,
+                   output_files, read_json)
+from .train import train
 
 METRIC_KEYS = ("rouge1", "rougeL", "rougeLsum", "exact_match")
+REFERENCE = "lora"  # the row every other row is compared with, task by task (W/T/L)
 # Two-sided 95% Student-t quantiles by degrees of freedom (1.96 beyond 30).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
        15: 2.131, 20: 2.086, 30: 2.042}
@@ -38,10 +41,10 @@ def match_budget(base_model, config: SkillMixConfig, budget: int, max_rank: int 
     """The config with the rank r (all other fields fixed) whose trainable count is closest to `budget`."""
     best = None
     for r in range(1, max_rank + 1):
-        fields = {**dataclasses.asdict(config), "r": r}
-        if config.method == "mode" and r % config.expert_rank:
+        try:  # the method's own checks decide which ranks it accepts (MoDE: multiples of expert_rank)
+            candidate = SkillMixConfig(**{**dataclasses.asdict(config), "r": r})
+        except SkillMixError:
             continue
-        candidate = SkillMixConfig(**fields)
         count = count_parameters(base_model, candidate)
         if best is None or abs(count - budget) < abs(best[1] - budget):
             best = (candidate, count)
@@ -55,15 +58,10 @@ def match_budget(base_model, config: SkillMixConfig, budget: int, max_rank: int 
     return best
 
 
-def holds_out_tasks(cfg: TrainConfig) -> bool:
-    """True when the run splits its tasks into seen and unseen ones."""
-    return cfg.unseen_tasks is not None or bool(cfg.unseen_categories)
-
-
 def run_one(cfg: TrainConfig, eval_options: dict[str, Any]) -> dict[str, Any]:
     """Train (or resume, or skip) one run and evaluate it (and zero-shot on its unseen tasks, if any);
     returns summary + metrics (+ metrics_unseen)."""
-    from .evaluate import METRICS, evaluate_run, output_files
+    from .evaluate import evaluate_run
 
     out = Path(cfg.output_dir)
     if not (out / METRICS).is_file():
@@ -73,7 +71,7 @@ def run_one(cfg: TrainConfig, eval_options: dict[str, Any]) -> dict[str, Any]:
                 resume = False  # killed before the first checkpoint: start again
             train(cfg, overwrite=not resume, resume=resume)
         evaluate_run(out, **eval_options)
-    result = {"summary": json.loads((out / SUMMARY).read_text()), "metrics": json.loads((out / METRICS).read_text())}
+    result = {"summary": read_json(out, SUMMARY), "metrics": read_json(out, METRICS)}
     if holds_out_tasks(cfg):
         unseen_file = out / output_files("unseen")[1]
         if not unseen_file.is_file():
@@ -84,7 +82,7 @@ def run_one(cfg: TrainConfig, eval_options: dict[str, Any]) -> dict[str, Any]:
 
 def base_zero_shot(template: TrainConfig, output_dir: Path, eval_options: dict[str, Any]) -> dict[str, Any]:
     """The base model without adapter on the unseen tasks (same prompts): OUT/base/metrics_unseen.json."""
-    from .evaluate import evaluate_model, output_files
+    from .evaluate import evaluate_model
     from .hub import load_base_model
 
     path = output_dir / output_files("unseen")[1]
@@ -143,8 +141,9 @@ def compare(template: TrainConfig, methods: list[str], seeds: list[int], output_
     return results
 
 
-def aggregate(runs: dict[str, list[dict]], plans: dict, budget: int | None, seeds: list[int]) -> dict[str, Any]:
-    """Mean ± 95% CI over seeds per method, and per-task wins against LoRA (seed-averaged ROUGE-L)."""
+def aggregate(runs: dict[str, list[dict]], plans: dict, budget: int | None, seeds: list[int],
+              reference: str = REFERENCE) -> dict[str, Any]:
+    """Mean ± 95% CI over seeds per method, and per-task wins against the `reference` row (seed-averaged ROUGE-L)."""
     rows = []
     per_task: dict[str, dict[str, float]] = {}
     per_task_unseen: dict[str, dict[str, float]] = {}
@@ -166,13 +165,13 @@ def aggregate(runs: dict[str, list[dict]], plans: dict, budget: int | None, seed
             per_task_unseen[method] = {t: statistics.fmean(r["metrics_unseen"]["per_task"][t]["rougeL"]
                                                            for r in method_runs) for t in unseen}
         rows.append(row)
-    if "lora" in per_task:
+    if reference in per_task:
         for row in rows:
-            ours, ref = per_task[row["method"]], per_task["lora"]
+            ours, ref = per_task[row["method"]], per_task[reference]
             row["wins_vs_lora"] = {"win": sum(ours[t] > ref[t] + 1e-9 for t in ref),
                                    "tie": sum(abs(ours[t] - ref[t]) <= 1e-9 for t in ref),
                                    "loss": sum(ours[t] < ref[t] - 1e-9 for t in ref)}
-    results = {"budget": budget, "seeds": seeds, "rows": rows, "per_task_rougeL": per_task}
+    results = {"budget": budget, "seeds": seeds, "rows": rows, "per_task_rougeL": per_task, "reference": reference}
     if per_task_unseen:
         results["per_task_unseen_rougeL"] = per_task_unseen
     return results
@@ -186,6 +185,7 @@ def _fmt(value: tuple[float, float], digits: int = 2) -> str:
 def results_markdown(results: dict[str, Any]) -> str:
     """The comparison table in Markdown (with zero-shot columns on the unseen tasks when there are some)."""
     unseen = "base_unseen" in results
+    reference = results.get("reference", REFERENCE)
     lines = [f"Budget: {results['budget'] or 'per-method defaults'}; seeds: {results['seeds']}; "
              "mean ± 95% CI (t) over seeds; micro averages over held-out instances.", ""]
     if unseen:
@@ -194,7 +194,7 @@ def results_markdown(results: dict[str, Any]) -> str:
                       "OrchMoE and the token-routed methods route as on seen tasks; `base` = the model without "
                       "adapter, same prompts.", ""]
     extra = " unseen ROUGE-L | unseen EM | unseen ROUGE-L (macro) |" if unseen else ""
-    lines += ["| method | trainable params | ROUGE-1 | ROUGE-L | ROUGE-Lsum | EM | ROUGE-L (macro) | tasks W/T/L vs LoRA | "
+    lines += [f"| method | trainable params | ROUGE-1 | ROUGE-L | ROUGE-Lsum | EM | ROUGE-L (macro) | tasks W/T/L vs {reference} | "
               "train wall (s) | step (s) |" + extra,
               "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (3 if unseen else 0)]
     if unseen:
@@ -203,7 +203,7 @@ def results_markdown(results: dict[str, Any]) -> str:
                      f"{base['rougeL_macro']:.2f} |")
     for row in results["rows"]:
         wins = row.get("wins_vs_lora")
-        wtl = f"{wins['win']}/{wins['tie']}/{wins['loss']}" if wins and row["method"] != "lora" else "–"
+        wtl = f"{wins['win']}/{wins['tie']}/{wins['loss']}" if wins and row["method"] != reference else "–"
         cells = (f" {_fmt(row['unseen_rougeL'])} | {_fmt(row['unseen_exact_match'])} | {_fmt(row['unseen_rougeL_macro'])} |"
                  if unseen and "unseen_rougeL" in row else " – | – | – |" if unseen else "")
         lines.append(f"| {row['method']} | {row['trainable_params']:,d} | {_fmt(row['rouge1'])} | {_fmt(row['rougeL'])} | "

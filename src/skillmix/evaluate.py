@@ -15,10 +15,9 @@ from .errors import SkillMixError
 from .io import atomic_write_text
 from .metrics import superni_metrics
 from .model import SkillMixModel, load_model
-from .train import TrainConfig, encode, load_data, read_run_config
+from .runs import ADAPT_SUMMARY, TrainConfig, encode, load_data, output_files, read_run_config
 
-PREDICTIONS = "predictions.jsonl"
-METRICS = "metrics.json"
+SPLITS = ("test", "train", "unseen")
 
 
 def clean_prediction(text: str) -> str:
@@ -57,18 +56,6 @@ def score(rows: list[dict[str, Any]], data) -> dict[str, Any]:
     return superni_metrics([r["prediction"] for r in rows], [r["references"] for r in rows],
                            tasks=[r["task"] for r in rows],
                            categories=[data.tasks[r["task"]].categories or ["(none)"] for r in rows])
-
-
-ADAPT_SUMMARY = "adapt_summary.json"  # written by `skillmix adapt` into the adapted adapter's directory
-SPLITS = ("test", "train", "unseen")
-
-
-def output_files(split: str) -> tuple[str, str]:
-    """(predictions, metrics) file names for a split: predictions.jsonl/metrics.json for 'test',
-    predictions_<split>.jsonl/metrics_<split>.json otherwise."""
-    if split == "test":
-        return PREDICTIONS, METRICS
-    return f"predictions_{split}.jsonl", f"metrics_{split}.json"
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", batch_size: int = 8, max_new_tokens: int = 128,
