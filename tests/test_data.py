@@ -375,6 +375,25 @@ def test_cli_errors_exit_2_with_one_line(files, extra, pattern, tmp_path, data_w
     assert re.match(pattern, err) and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_cli_summary_speaks_trains_vocabulary(tmp_path, data_write_task, capsys):
+    """`data summary` takes train's data options: --data-seed (not --seed) seeds the split, --tasks N or names."""
+    for i in range(4):
+        data_write_task(f"task00{i}_demo", n_instances=10)
+    argv = ["data", "summary", "--data-dir", str(tmp_path / "tasks"), "--tasks", "2", "--n-test", "3"]
+
+    def chosen(*extra):
+        assert cli.main(argv + list(extra)) == 0
+        out = capsys.readouterr().out
+        return sorted(line.split()[0] for line in out.splitlines() if line.startswith("task00"))
+
+    assert chosen("--data-seed", "0") == chosen()
+    assert any(chosen("--data-seed", str(seed)) != chosen() for seed in range(1, 6))
+    assert chosen("--tasks", "task001_demo,task003_demo") == ["task001_demo", "task003_demo"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv + ["--seed", "1"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --seed" in capsys.readouterr().err
+
+
 def test_cli_skip_invalid_counts_skipped_file(tmp_path, data_write_task, capsys):
     data_write_task("task001_demo")
     data_write_task("task002_bad", content='{"Definition": ["x"]}')

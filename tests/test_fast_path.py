@@ -7,44 +7,31 @@ from torch import nn
 from torch.distributions import RelaxedBernoulli
 
 from skillmix import SkillMixConfig, get_model
-from skillmix.layers import LAYERS
 from skillmix.routing import RoutingContext, relaxed_bernoulli
+from method_table import CASES
 from tiny_models import BUILDERS, batch
 
 D_IN, D_OUT, B, T = 12, 8, 3, 5
-
-CONFIGS = {
-    "lora": dict(method="lora", r=4, lora_alpha=8),
-    "molora": dict(method="molora", r=2, num_experts=3),
-    "molora_topk": dict(method="molora", r=2, num_experts=3, top_k=2, load_balancing_coef=0.1),
-    "molora_sd": dict(method="molora_sd", r=3, num_experts=2),
-    "mode": dict(method="mode", r=4, num_experts=3, expert_rank=2, load_balancing_coef=0.1),
-    "poly": dict(method="poly", r=2, n_skills=3, n_tasks=3),
-    "mhr": dict(method="mhr", r=2, n_skills=3, n_tasks=3, n_splits=2),
-    "orchmoe": dict(method="orchmoe", r=2, n_skills=3, n_abstract_tasks=2),
-    "orchmoe_polymix": dict(method="orchmoe", r=2, n_skills=3, n_abstract_tasks=2, mix="poly"),
-}
-
 
 def _pair(fields):
     """Two layers with identical weights and one context: `fast` and `ref` (fast path switched off)."""
     config = SkillMixConfig(init_weights=False, **fields)
     ctx = RoutingContext()
-    ctx.task_ids = torch.tensor([2, 0, 1])
-    ctx.task_weights = torch.tensor([[0.7, 0.3], [0.1, 0.9], [0.5, 0.5]])
+    ctx.task_ids = torch.tensor([2, 0, 1]) % config.n_tasks
+    ctx.task_weights = torch.softmax(torch.randn(B, config.n_abstract_tasks, generator=torch.Generator().manual_seed(3)), -1)
     torch.manual_seed(0)
-    fast = LAYERS[config.method](nn.Linear(D_IN, D_OUT), config, ctx, "fast")
-    ref = LAYERS[config.method](nn.Linear(D_IN, D_OUT), config, ctx, "ref")
+    fast = config.layer_class(nn.Linear(D_IN, D_OUT), config, ctx, "fast")
+    ref = config.layer_class(nn.Linear(D_IN, D_OUT), config, ctx, "ref")
     ref.load_state_dict(fast.state_dict())
     ref.use_fast_path = False
     return fast, ref, ctx
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name,fields", CASES, ids=[name for name, _ in CASES])
 @pytest.mark.parametrize("shape", [(B, T, D_IN), (B, D_IN)], ids=["3d", "2d"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_fast_path_equals_reference(name, shape, mode):
-    fast, ref, ctx = _pair(CONFIGS[name])
+def test_fast_path_equals_reference(name, fields, shape, mode):
+    fast, ref, ctx = _pair(fields)
     getattr(fast, mode)(), getattr(ref, mode)()
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
@@ -53,7 +40,7 @@ def test_fast_path_equals_reference(name, shape, mode):
         torch.manual_seed(7)  # the same Gumbel draws in training
         ctx.aux_losses = []
         out = layer(xi)
-        assert layer.name in ctx.record or name == "lora"
+        assert layer.name in ctx.record or layer.routing == "none"
         loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() + sum(ctx.aux_losses, torch.zeros(()))
         loss.backward()
         outs.append(out)
@@ -66,7 +53,7 @@ def test_fast_path_equals_reference(name, shape, mode):
 
 
 def test_fast_path_leaves_hooked_base_output_alone():
-    fast, _, _ = _pair(CONFIGS["lora"])
+    fast, _, _ = _pair(dict(CASES)["lora"])
     seen = []
     fast.base_layer.register_forward_hook(lambda m, i, o: seen.append((o, o.clone())))
     fast(torch.randn(B, T, D_IN))
@@ -97,7 +84,7 @@ def test_generation_cache_matches_uncached_decoding(fields):
     ids, mask = data["input_ids"], data["attention_mask"]
     routing = {"task_ids": torch.tensor([2, 0, 1])} if model.adapter_config.uses_task_ids else {}
     with torch.no_grad():
-        if model.method == "orchmoe":
+        if model.layer_class.uses_task_weights:
             routing = {"task_weights": model.compute_task_weights(ids, mask)}
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0,
                              output_scores=True, return_dict_in_generate=True, **routing)

@@ -1,11 +1,14 @@
 """skillmix lora/poly/mhr against PEFT on the same weights, and LoRA export/merge through PEFT."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, PolyConfig, get_peft_model
 
-from skillmix import SkillMixConfig, get_model, load_model
+from skillmix import SkillMixConfig, SkillMixError, get_model, load_model
+from method_table import export_routing, forward_routing, params
 from tiny_models import BUILDERS, batch
 
 TOL = 1e-5
@@ -97,30 +100,38 @@ def test_lora_merge_and_unload_equals_unmerged():
         assert _max_diff(merged(**data).logits, expected) <= TOL
 
 
-EXPORT_CASES = [
-    ("poly", dict(method="poly", r=2, n_skills=3, n_tasks=3), dict(task_id=1)),
-    ("mhr", dict(method="mhr", r=2, n_skills=3, n_tasks=3, n_splits=4), dict(task_id=2)),
-    ("orchmoe", dict(method="orchmoe", r=2, n_skills=3, n_abstract_tasks=2), dict(task_weights=[0.3, 0.7])),
-    ("orchmoe_polymix", dict(method="orchmoe", r=2, n_skills=3, n_abstract_tasks=2, mix="poly"), dict(task_weights=[1.0, 0.0])),
-]
+EXPORT_CASES = params("llama", "t5", only=lambda name, fields: export_routing(SkillMixConfig(**fields)) is not None)
 
 
-@pytest.mark.parametrize("arch", ["llama", "t5"])
-@pytest.mark.parametrize("name,fields,routing", EXPORT_CASES, ids=[c[0] for c in EXPORT_CASES])
-def test_export_lora_reproduces_the_mixture_in_peft(arch, name, fields, routing, tmp_path):
+@pytest.mark.parametrize("arch,fields", EXPORT_CASES)
+def test_export_lora_reproduces_the_model_in_peft(arch, fields, tmp_path):
+    """Every method that routes per sequence (or not at all), collapsed for one fixed routing, is a plain PEFT LoRA."""
     targets = {"llama": ["q_proj", "v_proj"], "t5": ["q", "v"]}[arch]
     data = batch(arch)
     model = get_model(BUILDERS[arch](0), SkillMixConfig(target_modules=targets, init_weights=False, **fields)).eval()
+    routing = export_routing(model.adapter_config)
     with torch.no_grad():
         for layer in model.adapter_layers.values():
-            layer.allocation_logits.normal_()
-        if "task_id" in routing:
-            expected = model(**data, task_ids=torch.full((3,), routing["task_id"])).logits
-        else:
-            expected = model(**data, task_weights=torch.tensor([routing["task_weights"]] * 3)).logits
+            for name in layer.routing_parameters:  # spread the allocation logits: rows that differ
+                if getattr(layer, name) is not None:
+                    getattr(layer, name).normal_()
+        expected = model(**data, **forward_routing(model.adapter_config, routing)).logits
     rank = model.export_lora(tmp_path, **routing)
-    assert rank == (3 * 2 if name == "orchmoe" else 2)  # output mix: rank S*r
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["r"] == rank
     peft_model = PeftModel.from_pretrained(BUILDERS[arch](0), tmp_path).eval()
     with torch.no_grad():
         assert _max_diff(peft_model(**data).logits, expected) <= TOL
         assert _max_diff(peft_model.merge_and_unload()(**data).logits, expected) <= TOL
+
+
+@pytest.mark.parametrize("mix,rank", [("output", 3 * 2), ("poly", 2)])
+def test_orchmoe_export_rank(mix, rank, tmp_path):
+    """The output mix sums S rank-r skills (rank S*r); the poly mix mixes A and B first (rank r)."""
+    model = get_model(BUILDERS["llama"](0), SkillMixConfig(method="orchmoe", r=2, n_skills=3, n_abstract_tasks=2, mix=mix))
+    assert model.export_lora(tmp_path, task_weights=[0.3, 0.7]) == rank
+
+
+def test_token_routed_methods_refuse_export(tmp_path):
+    model = get_model(BUILDERS["llama"](0), SkillMixConfig(method="molora", r=2))
+    with pytest.raises(SkillMixError, match="routes per token"):
+        model.export_lora(tmp_path)

@@ -18,10 +18,9 @@ def make_layer(**fields):
     config = SkillMixConfig(init_weights=False, **fields)
     ctx = RoutingContext()
     layer = LAYERS[config.method](nn.Linear(D_IN, D_OUT), config, ctx, "layer")
-    with torch.no_grad():
-        for p in layer.parameters():
-            if p.dim() == 2 and p.shape[0] == config.n_abstract_tasks:  # spread the allocation logits
-                p.normal_()
+    if getattr(layer, "allocation_logits", None) is not None:
+        with torch.no_grad():
+            layer.allocation_logits.normal_()  # rows that differ: the allocation matters
     return layer, ctx
 
 

@@ -118,6 +118,12 @@ def test_cli_train_eval_and_errors(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_examples"] == 4 and set(metrics["per_task"]) == set(json.loads((out / "train_summary.json").read_text())["tasks"])
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 4
+    # eval takes only the options it uses: no training flags at all, no data options beside --unseen-tasks
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--adapter", str(out), "--lr", "0.1"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --lr" in capsys.readouterr().err
+    assert main(["eval", "--adapter", str(out), "--tasks", "3"]) == 2
+    assert "eval --adapter: --tasks comes from the run's train_config.json" in capsys.readouterr().err
     assert main(["train", "--method", "lorax", "--output-dir", str(tmp_path / "x")]) == 2
     assert "SkillMixConfig.method='lorax': expected one of" in capsys.readouterr().err
     assert main(["compare", "--methods", "lora,foo", "--output-dir", str(tmp_path / "c")]) == 2
