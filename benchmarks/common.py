@@ -21,14 +21,13 @@ from typing import Any, Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.join(ROOT, "src") not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, os.path.join(ROOT, "src"))
+from skillmix import LAYERS, METHODS, SkillMixConfig, get_model
+from skillmix.hub import load_base_model
 
-from skillmix import SkillMixConfig, get_model  # noqa: E402
-
-SKILLMIX_METHODS = ("lora", "molora", "molora_sd", "mode", "poly", "mhr", "orchmoe")
-PEFT_METHODS = ("peft_lora", "peft_poly", "peft_mhr")
+SKILLMIX_METHODS = METHODS
+# PEFT's implementations timed next to their skillmix counterparts: name -> (skillmix method, PEFT config class)
+PEFT_VARIANTS = {"peft_lora": ("lora", "LoraConfig"), "peft_poly": ("poly", "PolyConfig"), "peft_mhr": ("mhr", "PolyConfig")}
+PEFT_METHODS = tuple(PEFT_VARIANTS)
 ALL_METHODS = SKILLMIX_METHODS + PEFT_METHODS
 # Timing order: each PEFT method next to its skillmix counterpart. The round-robin rotates this order
 # cyclically, so the two always run back to back and their paired ratio sees the same machine state.
@@ -89,28 +88,7 @@ def machine_info() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- models
 def load_base(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """(model, tokenizer) for 'tiny-llama' or 'smollm2' (or any path/hub id skillmix.hub accepts)."""
-    name = MODELS.get(name, name)
-    try:
-        from skillmix.hub import load_base_model
-    except ImportError:  # hub.py missing: the tiny model from a config, SmolLM2 from the prepared cache
-        load_base_model = None
-    if load_base_model is not None:
-        model, tok, _ = load_base_model(name, dtype=dtype, device=device)
-    elif name == "tiny-llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=260, hidden_size=64, intermediate_size=128,
-                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                             max_position_embeddings=512, pad_token_id=0, bos_token_id=1,
-                                             eos_token_id=2, tie_word_embeddings=False))
-        tok = None
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = os.path.expanduser(f"~/.cache/skillmix/models/{name}") if "/" not in name else name
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(path)
+    model, tok, _ = load_base_model(MODELS.get(name, name), dtype=dtype, device=device)
     model = model.to(device=device, dtype=dtype).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -134,15 +112,24 @@ def skillmix_config(method: str, **overrides) -> SkillMixConfig:
     return SkillMixConfig(method=method, **kwargs)
 
 
-def peft_config(name: str, **overrides):
-    from peft import LoraConfig, PolyConfig
+def peft_config(name: str, init_nonzero: bool = False, **overrides):
+    """The PEFT config of a PEFT variant (LoRA with alpha = r, as skillmix's default scaling 1)."""
+    import peft
 
+    config_cls = getattr(peft, PEFT_VARIANTS[name][1])
     kwargs = dict(MATCHED[name])
     kwargs.update(overrides)
     targets = kwargs.pop("target_modules", ["q_proj", "v_proj"])
-    if name == "peft_lora":
-        return LoraConfig(task_type="CAUSAL_LM", target_modules=targets, lora_alpha=kwargs["r"], lora_dropout=0.0, **kwargs)
-    return PolyConfig(task_type="CAUSAL_LM", target_modules=targets, **kwargs)
+    if config_cls is peft.LoraConfig:
+        kwargs.update(lora_alpha=kwargs["r"], lora_dropout=0.0, init_lora_weights=not init_nonzero)
+    else:
+        kwargs.update(init_weights=not init_nonzero)
+    return config_cls(task_type="CAUSAL_LM", target_modules=targets, **kwargs)
+
+
+def peft_uses_task_ids(name: str) -> bool:
+    """A PEFT variant takes task_ids when its skillmix counterpart routes by task id."""
+    return LAYERS[PEFT_VARIANTS[name][0]].uses_task_ids
 
 
 def describe(name: str, **overrides) -> str:
@@ -171,17 +158,11 @@ def build_variant(name: str, base: torch.nn.Module, batch_size: int, init_nonzer
     torch.manual_seed(seed)
     device = next(base.parameters()).device
     task_ids = torch.arange(batch_size, device=device) % N_TASKS
-    if name.startswith("peft_"):
+    if name in PEFT_VARIANTS:
         from peft import get_peft_model
 
-        cfg = peft_config(name, **overrides)
-        if init_nonzero:
-            if name == "peft_lora":
-                cfg.init_lora_weights = False
-            else:
-                cfg.init_weights = False
-        model = get_peft_model(share_base(base), cfg)
-        extra = {} if name == "peft_lora" else {"task_ids": task_ids}
+        model = get_peft_model(share_base(base), peft_config(name, init_nonzero=init_nonzero, **overrides))
+        extra = {"task_ids": task_ids} if peft_uses_task_ids(name) else {}
     else:
         cfg = skillmix_config(name, init_weights=not init_nonzero, **overrides)
         model = get_model(share_base(base), cfg)

@@ -31,12 +31,11 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-from skillmix import load_model  # noqa: E402
+import common
+from skillmix import load_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-UNMERGED = ("lora", "peft_lora", "molora", "molora_sd", "mode", "poly", "mhr", "orchmoe")
+UNMERGED = common.SKILLMIX_METHODS[:1] + ("peft_lora",) + common.SKILLMIX_METHODS[1:]  # each PEFT peer next to its counterpart
 
 
 def log(msg: str) -> None:

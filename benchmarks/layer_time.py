@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-from skillmix.layers import LAYERS  # noqa: E402
-from skillmix.routing import RoutingContext  # noqa: E402
+import common
+from skillmix.layers import LAYERS
+from skillmix.routing import RoutingContext
 
 
 class _PeftLayer(torch.nn.Module):
@@ -42,14 +39,10 @@ def build_peft_layer(name: str, base: torch.nn.Module, bsz: int) -> torch.nn.Mod
 
     holder = torch.nn.Module()
     holder.q_proj = base
-    cfg = common.peft_config(name, target_modules=["q_proj"])
-    if name == "peft_lora":
-        cfg.init_lora_weights = False
-    else:
-        cfg.init_weights = False
+    cfg = common.peft_config(name, init_nonzero=True, target_modules=["q_proj"])
     torch.manual_seed(1)
     inject_adapter_in_model(cfg, holder)
-    task_ids = None if name == "peft_lora" else torch.arange(bsz) % common.N_TASKS
+    task_ids = torch.arange(bsz) % common.N_TASKS if common.peft_uses_task_ids(name) else None
     return _PeftLayer(holder.q_proj, task_ids).train()
 
 
@@ -61,15 +54,14 @@ def build_layers(methods, d_in, d_out, bsz, overrides=None, reference=True):
     base.weight.requires_grad_(False)
     layers = {"base": base}
     for m in methods:
-        if m.startswith("peft_"):
+        if m in common.PEFT_VARIANTS:
             layers[m] = build_peft_layer(m, base, bsz)
             continue
         cfg = common.skillmix_config(m, init_weights=False, target_modules=["x"], **(overrides or {}).get(m, {}))
         for variant in ("fast", "ref") if reference else ("fast",):
             torch.manual_seed(1)
             layer = LAYERS[m](base, cfg, ctx, m).train()
-            if variant == "ref":
-                layer._fast_path_ok = lambda x: False  # force the reference computation
+            layer.use_fast_path = variant == "fast"  # "ref": the plain reference computation
             layers[f"{m}:{variant}"] = layer
     return layers
 
@@ -154,7 +146,7 @@ def main(argv=None):
     base = ms["base"]
     rows, results = [], []
     for m in methods:
-        if m.startswith("peft_"):
+        if m in common.PEFT_VARIANTS:
             results.append({"name": m, "config": common.describe(m), "fast_ms": ms[m], "base_ms": base,
                             "fast_adapter_ms": ms[m] - base})
             rows.append([m, common.describe(m), f"{base:.2f}", "-", "-", f"{ms[m]:.2f}", f"{ms[m] - base:.2f}", "-"])

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
 
 TARGET_X_LORA = {"orchmoe": 1.10, "mode": 1.15, "molora": 1.15, "molora_sd": 1.15}
 TARGET_X_PEFT = {"lora": 1.02, "poly": 1.0, "mhr": 1.0}

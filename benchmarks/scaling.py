@@ -26,8 +26,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("molora", "molora_sd", "mode", "poly", "mhr", "orchmoe")
@@ -46,12 +45,20 @@ def small_model():
     return model
 
 
+# The experts/skills sweep per method: (the config field that counts experts or skills, default r, fixed fields).
+SWEEP = {
+    "molora": ("num_experts", 2, {}),
+    "molora_sd": ("num_experts", 4, {}),
+    "mode": ("num_experts", 4, {"expert_rank": 1}),
+    "poly": ("n_skills", 2, {}),
+    "mhr": ("n_skills", 2, {}),
+    "orchmoe": ("n_skills", 2, {}),
+}
+
+
 def expert_config(method: str, x: int, r: int | None = None) -> dict:
-    if method == "molora":
-        return dict(num_experts=x, r=r or 2)
-    if method in ("molora_sd", "mode"):
-        return dict(num_experts=x, r=r or 4, **({"expert_rank": 1} if method == "mode" else {}))
-    return dict(n_skills=x, r=r or 2)  # poly, mhr, orchmoe
+    count_field, default_r, fixed = SWEEP[method]
+    return {count_field: x, "r": r or default_r, **fixed}
 
 
 def run_point(base, variants: dict[str, tuple[str, dict]], bsz: int, seq: int, warmup: int, steps: int) -> dict[str, float]:
@@ -59,7 +66,7 @@ def run_point(base, variants: dict[str, tuple[str, dict]], bsz: int, seq: int, w
     batch = common.make_batch(base.config.vocab_size, bsz, seq)
     fns = {}
     for label, (method, kw) in variants.items():
-        if method in ("poly", "mhr"):
+        if common.LAYERS[method].uses_task_ids:
             kw = {**kw, "n_tasks": common.N_TASKS}
         v = common.build_variant(method, base, bsz, **kw)
         v.model.train()

@@ -28,9 +28,8 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-from common import ALL_METHODS, MATCHED, TIMING_ORDER  # noqa: E402
+import common
+from common import ALL_METHODS, MATCHED, TIMING_ORDER
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from superni_study import BUDGET, EVAL, LARGE, LR_VARIANTS, MODE_VARIANTS, ORCH_ABLATIONS, SEEN
 
-from skillmix.compare import aggregate
+from skillmix import METHODS
+from skillmix.compare import REFERENCE, aggregate
 
 CLAIMS = [  # (claim, better, worse, source)
     ("OrchMoE > LoRA", "orchmoe", "lora", "OrchMoE §1.9"),
@@ -53,7 +54,7 @@ def table(rows: list[dict], label: str = "method") -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         w = r.get("wins_vs_lora")
-        wtl = f"{w['win']}/{w['tie']}/{w['loss']}" if w and r["method"] != "lora" else "–"
+        wtl = f"{w['win']}/{w['tie']}/{w['loss']}" if w and r["method"] != REFERENCE else "–"
         mark = " †" if r.get("partial_wall") else ""
         lines.append(f"| {r.get('name', r['method'])} | {r['trainable_params']:,d} | {fmt(r['rouge1'])} | {fmt(r['rougeL'])} | "
                      f"{fmt(r['rougeLsum'])} | {fmt(r['exact_match'])} | {fmt(r['rougeL_macro'])} | {wtl} | {r['seeds']} | "
@@ -75,7 +76,7 @@ def collect(variant_dir: Path, pattern: str = "seed*") -> dict | None:
         seeds.add(summary["seed"])
     if not runs:
         return None
-    order = [m for m in ("lora", "molora", "molora_sd", "mode", "poly", "mhr", "orchmoe") if m in runs]
+    order = [m for m in METHODS if m in runs]
     results = aggregate({m: runs[m] for m in order}, plans, BUDGET, sorted(seeds))
     for row in results["rows"]:
         row["partial_wall"] = any(r["summary"].get("resumed_from") and not r["summary"].get("train_wall_complete")
@@ -163,7 +164,7 @@ def unseen_section(u: dict, docs: Path) -> list[str]:
         configs = list(dict.fromkeys((r["method"], r["params"]) for r in rows))
         shots = sorted({r["k"] for r in rows})
         out += ["### Few-shot adaptation", "",
-                f"`skillmix adapt --adapter RUN --task T --shots K --params routing|all --steps "
+                f"`skillmix adapt --adapter RUN --task T --shots K --params routing|all --max-steps "
                 f"{max(r.get('steps', 0) for r in rows)}` from the "
                 f"seed-0 run, on {', '.join(u['adapt_tasks'])} (two unseen tasks of different categories); k shots are "
                 "the first k of the task's adaptation pool (smaller k ⊂ larger k), never its evaluation instances; k = 0 is "

@@ -14,10 +14,9 @@ import shutil
 import time
 from pathlib import Path
 
+from skillmix import METHODS
 from skillmix.compare import compare
-from skillmix.train import TrainConfig
-
-METHODS = ["lora", "molora", "molora_sd", "mode", "poly", "mhr", "orchmoe"]
+from skillmix.runs import TrainConfig
 BUDGET = 460_800  # LoRA r=8 on q_proj, v_proj of SmolLM2-135M
 # Sized for 2 CPU cores (~150-250 tokens/s training): prompts <= 256 tokens (Definition + 2 positive
 # examples, the middle of longer prompts cut), 12 training instances per task, one epoch, lr 1e-3.

@@ -27,7 +27,7 @@ import numpy as np
 from skillmix.compare import mean_ci
 from skillmix.data import list_tasks, read_categories, split_tasks
 from skillmix.data.superni import first_category, resolve_data_dir
-from skillmix.train import TrainConfig, load_data, with_unseen_tasks
+from skillmix.runs import TrainConfig, load_data, with_unseen_tasks
 from superni_study import EVAL, METHODS, SEEN  # the seen-task runs this study reuses
 
 UNSEEN_FRACTION = 0.125  # of the tasks the runs never trained on: 10 of 79

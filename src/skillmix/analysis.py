@@ -15,9 +15,8 @@ from .data import Collator, model_inputs
 from .errors import SkillMixError
 from .io import atomic_write_text
 from .model import SkillMixModel, load_model
-from .runs import TrainConfig, encode, load_data, read_run_config
+from .runs import INSPECT, TrainConfig, encode, load_data, read_run_config
 
-INSPECT = "inspect.json"
 # Cross-attention key/value projections of a seq2seq decoder read encoder states.
 _CROSS_KV = re.compile(r"(EncDecAttention|encoder_attn)\.[kv](_proj)?$")
 

@@ -11,6 +11,7 @@ module only. Layout of OUT:
     train_summary.json       written last: its presence means the run finished (SUMMARY)
     checkpoint/              while training: adapter, optimizer, scheduler and RNG states (CHECKPOINT)
     predictions*.jsonl, metrics*.json   `skillmix eval` (output_files)
+    inspect/inspect.json     `skillmix inspect`: routing plots and their numbers (INSPECT)
     adapt_summary.json       in a `skillmix adapt` output directory (ADAPT_SUMMARY)
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ METRICS_LOG = "metrics.jsonl"
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 ADAPT_SUMMARY = "adapt_summary.json"
+INSPECT = "inspect.json"
 
 
 def output_files(split: str) -> tuple[str, str]:
