@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import SkillMixError
+from .layers import layer_class
 
 # Default adapted modules per `model_type` (the same defaults as PEFT's LoRA).
 DEFAULT_TARGET_MODULES = {
@@ -70,8 +71,6 @@ class SkillMixConfig:
     @property
     def layer_class(self):
         """The adapter layer class registered for `method` (`skillmix.layers.LAYERS`)."""
-        from .layers import layer_class
-
         return layer_class(self.method)
 
     @property

@@ -2,6 +2,7 @@
 
 `LAYERS` is the only registry: a new method is one file here and one line below.
 """
+from ..errors import SkillMixError
 from .base import AdapterLayer
 from .lora import LoRALayer
 from .mhr import MHRLayer
@@ -25,8 +26,6 @@ METHODS = tuple(LAYERS)  # the built-in methods, in the order tables list them
 
 def layer_class(method: str) -> type[AdapterLayer]:
     """The layer class registered for `method` (a SkillMixError naming the known methods otherwise)."""
-    from ..errors import SkillMixError
-
     try:
         return LAYERS[method]
     except (KeyError, TypeError):

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 from torch.nn.modules.module import _global_forward_hooks
 
-from ..config import SkillMixConfig
 from ..errors import SkillMixError
 from ..routing import RoutingContext, load_balancing_loss
+
+if TYPE_CHECKING:  # the config imports the layer registry, not the other way round
+    from ..config import SkillMixConfig
 
 try:  # GPT-2 style layers store the weight as [d_in, d_out]
     from transformers.pytorch_utils import Conv1D
