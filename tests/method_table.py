@@ -25,6 +25,8 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("mhr", dict(method="mhr", r=2, n_skills=3, n_tasks=3, n_splits=4)),
     ("orchmoe", dict(method="orchmoe", r=2, n_skills=3, n_abstract_tasks=2, router_dim=8)),
     ("orchmoe_polymix", dict(method="orchmoe", r=2, n_skills=3, n_abstract_tasks=2, router_dim=8, mix="poly")),
+    ("orchmoe_first_version", dict(method="orchmoe", r=2, n_skills=3, n_abstract_tasks=2, router_dim=8,
+                                   router_scoring="dot", allocation_init="poly")),
     ("orchmoe_no_task_router", dict(method="orchmoe", r=2, n_skills=3, task_router="uniform")),
     ("orchmoe_no_skill_router", dict(method="orchmoe", r=2, n_skills=3, router_dim=8, skill_router="uniform")),
 ]
@@ -47,10 +49,10 @@ PARAMETERS: dict[str, Callable[[int, int, SkillMixConfig], int]] = {
     "orchmoe": lambda d_in, d_out, f: (_skills(d_in, d_out, f)
                                        + (f.n_abstract_tasks * f.n_skills if f.skill_router == "learned" else 0)),
 }
-# Model-level router parameters (d_model): OrchMoE's task router W_Q [d_k, d_model] and keys [N, d_k], built
-# only with a learned allocation (METHODS.md §1.4).
+# Model-level router parameters (d_model): OrchMoE's task router W_Q [d_k, d_model] and keys [N, d_k] (METHODS.md
+# §1.4), plus the learnable temperature of cosine scoring; built only with a learned allocation.
 MODEL_PARAMETERS: dict[str, Callable[[int, SkillMixConfig], int]] = {
-    "orchmoe": lambda d_model, f: ((d_model + f.n_abstract_tasks) * f.router_dim
+    "orchmoe": lambda d_model, f: ((d_model + f.n_abstract_tasks) * f.router_dim + (f.router_scoring == "cosine")
                                    if f.task_router == "attention" and f.skill_router == "learned" else 0),
 }
 

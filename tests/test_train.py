@@ -15,7 +15,7 @@ import skillmix.train as train_module
 from skillmix import SkillMixError, load_model
 from skillmix.cli import main
 from skillmix.hub import load_base_model
-from skillmix.runs import TrainConfig
+from skillmix.runs import TrainConfig, read_losses
 from skillmix.train import train
 
 TINY = dict(model="tiny-llama", tasks=3, n_test=2, max_train_instances=8, batch_size=4, max_source_tokens=96,
@@ -62,7 +62,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, me
     a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "part" / "checkpoint").exists()
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    losses = read_losses(tmp_path / "part")
     assert len(losses) == 6
 
 
@@ -98,7 +98,7 @@ def test_existing_output_dir_is_refused(tmp_path):
 
 def test_trained_adapter_loads_and_beats_the_untrained_loss(tmp_path):
     summary = train(config(tmp_path, method="mode", epochs=3))
-    losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = read_losses(tmp_path / "run")
     assert losses[-1] < losses[0]
     base, _, _ = load_base_model("tiny-llama")
     model = load_model(base, tmp_path / "run")
@@ -152,7 +152,7 @@ def test_two_processes_match_one_process(tmp_path):
            "-m", "skillmix"] + common + ["--batch-size", "2", "--output-dir", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    read = lambda d: [json.loads(l)["loss"] for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    read = lambda d: read_losses(tmp_path / d)
     one, two = read("one"), read("two")
     assert len(one) == len(two) == 4
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4
@@ -164,7 +164,7 @@ def test_two_processes_match_one_process(tmp_path):
 @pytest.mark.parametrize("method", ["lora", "mode", "orchmoe", "poly"])
 def test_bf16_mixed_precision_training(tmp_path, method):
     summary = train(config(tmp_path, method=method, bf16=True, max_steps=2))
-    losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = read_losses(tmp_path / "run")
     assert summary["steps"] == 2 and len(losses) == 2
     assert all(math.isfinite(x) and x > 0 for x in losses)  # neither NaN nor inf, and a real loss
     trained = weights(tmp_path / "run")

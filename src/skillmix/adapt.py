@@ -75,7 +75,8 @@ def trainable_masks(model: SkillMixModel, params: str, new_row: int | None = Non
     if params not in PARAMS:
         raise SkillMixError(f"--params {params!r}: expected one of {', '.join(PARAMS)}")
     state = model.adapter_state_dict()
-    keys = model.routing_parameter_names() if params == "routing" else list(state)
+    keys = model.routing_parameter_names() if params == "routing" else [
+        k for k, v in state.items() if isinstance(v, torch.nn.Parameter)]  # not the router's fitted statistics
     if not keys:
         raise SkillMixError(f"method {model.method!r} has no routing parameters to adapt; use --params all")
     per_task = set(model.per_task_parameter_names())

@@ -14,57 +14,12 @@ from matplotlib.figure import Figure
 from .data import Collator, model_inputs
 from .errors import SkillMixError
 from .io import atomic_write_text
+from .metrics import confusion, nmi, purity
 from .model import SkillMixModel, load_model
 from .runs import INSPECT, TrainConfig, encode, load_data, read_run_config
 
 # Cross-attention key/value projections of a seq2seq decoder read encoder states.
 _CROSS_KV = re.compile(r"(EncDecAttention|encoder_attn)\.[kv](_proj)?$")
-
-
-# ---- clustering metrics ------------------------------------------------------------------------------
-def confusion(labels_true, labels_pred, n_true: int | None = None, n_pred: int | None = None) -> np.ndarray:
-    """Counts [n_true, n_pred] of (true, predicted) pairs of non-negative integer labels."""
-    t, p = np.asarray(labels_true, dtype=np.int64), np.asarray(labels_pred, dtype=np.int64)
-    if t.shape != p.shape or t.ndim != 1:
-        raise SkillMixError(f"confusion: expected two 1-D label arrays of equal length, got {t.shape} and {p.shape}")
-    n_true = int(t.max(initial=-1)) + 1 if n_true is None else n_true
-    n_pred = int(p.max(initial=-1)) + 1 if n_pred is None else n_pred
-    counts = np.zeros((n_true, n_pred), dtype=np.int64)
-    np.add.at(counts, (t, p), 1)
-    return counts
-
-
-def _contingency(labels_true, labels_pred) -> np.ndarray:
-    """Confusion counts of arbitrary labels (each axis: the sorted distinct values)."""
-    t = np.unique(np.asarray(labels_true), return_inverse=True)[1].ravel()
-    p = np.unique(np.asarray(labels_pred), return_inverse=True)[1].ravel()
-    return confusion(t, p)
-
-
-def _entropy(counts: np.ndarray) -> float:
-    """Shannon entropy (nats) of the distribution proportional to `counts`."""
-    q = counts[counts > 0] / counts.sum()
-    return float(-(q * np.log(q)).sum())
-
-
-def nmi(labels_true, labels_pred) -> float:
-    """Normalised mutual information, MI / mean(H(true), H(pred)) (sklearn's default 'arithmetic')."""
-    c = _contingency(labels_true, labels_pred).astype(np.float64)
-    if c.shape[0] == c.shape[1] <= 1:  # one cluster each (or no data): identical labelings
-        return 1.0
-    n = c.sum()
-    rows, cols = c.sum(1, keepdims=True), c.sum(0, keepdims=True)
-    nz = c > 0
-    mi = float((c[nz] / n * np.log(c[nz] * n / (rows @ cols)[nz])).sum())
-    if mi <= 0:
-        return 0.0
-    return min(1.0, mi / max((_entropy(rows.ravel()) + _entropy(cols.ravel())) / 2, np.finfo(float).eps))
-
-
-def purity(labels_true, labels_pred) -> float:
-    """Share of examples whose predicted cluster's majority true label is their own."""
-    c = _contingency(labels_true, labels_pred)
-    return float(c.max(0).sum() / c.sum()) if c.size else 1.0
 
 
 # ---- plotting ----------------------------------------------------------------------------------------

@@ -23,6 +23,9 @@ DEFAULT_TARGET_MODULES = {
     "gpt2": ["c_attn"],
 }
 
+# Fields whose default changed, with the value that files written before the field existed meant.
+FIRST_VERSION = {"router_scoring": "dot", "allocation_init": "poly"}
+
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
@@ -57,7 +60,9 @@ class SkillMixConfig:
     router_dim: int = 64  # d_k of the task router's keys
     mix: str = "output"  # "output": sum of skill outputs; "poly": mix A and B like Poly
     task_router: str = "attention"  # "attention" | "uniform" (ablation: w = 1/N)
+    router_scoring: str = "cosine"  # "cosine": standardised feature, cosine x learnable scale; "dot": first version
     skill_router: str = "learned"  # "learned" | "uniform" (ablation: fixed uniform allocation)
+    allocation_init: str = "normal"  # Theta ~ N(0, 1): rows differ; "poly": U(-1e-3, 1e-3) (PEFT Poly, first version)
     # bookkeeping
     base_model_name_or_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form metadata (e.g. task names)
@@ -112,6 +117,10 @@ class SkillMixConfig:
             bad("task_router", "'attention' or 'uniform'")
         if self.skill_router not in ("learned", "uniform"):
             bad("skill_router", "'learned' or 'uniform'")
+        if self.router_scoring not in ("cosine", "dot"):
+            bad("router_scoring", "'cosine' or 'dot'")
+        if self.allocation_init not in ("normal", "poly"):
+            bad("allocation_init", "'normal' or 'poly'")
         tm = self.target_modules
         if tm is not None and not (isinstance(tm, str) or (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm))):
             bad("target_modules", "a regex string, a non-empty list of module names, or None")
@@ -125,7 +134,7 @@ class SkillMixConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "SkillMixConfig":
-        data = dict(data)
+        data = {**FIRST_VERSION, **data}  # a file written before a field existed meant its first version
         data.pop("peft_type", None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)

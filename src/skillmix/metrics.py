@@ -6,11 +6,14 @@ values are means over instances x 100, rounded to 4 decimals; a missing predicti
 """
 from __future__ import annotations
 
+import math
 import string
 from collections import defaultdict
 from functools import lru_cache
 from typing import Any, Sequence
 
+import numpy as np
+import torch
 from rouge_score import rouge_scorer
 
 from skillmix.errors import SkillMixError
@@ -111,3 +114,72 @@ def superni_metrics(
                 by_category[category].append(row)
         result["per_category"] = {c: _rounded(_mean(r), len(r)) for c, r in sorted(by_category.items())}
     return result
+
+
+# ---- clustering metrics ------------------------------------------------------------------------------
+def confusion(labels_true, labels_pred, n_true: int | None = None, n_pred: int | None = None) -> np.ndarray:
+    """Counts [n_true, n_pred] of (true, predicted) pairs of non-negative integer labels."""
+    t, p = np.asarray(labels_true, dtype=np.int64), np.asarray(labels_pred, dtype=np.int64)
+    if t.shape != p.shape or t.ndim != 1:
+        raise SkillMixError(f"confusion: expected two 1-D label arrays of equal length, got {t.shape} and {p.shape}")
+    n_true = int(t.max(initial=-1)) + 1 if n_true is None else n_true
+    n_pred = int(p.max(initial=-1)) + 1 if n_pred is None else n_pred
+    counts = np.zeros((n_true, n_pred), dtype=np.int64)
+    np.add.at(counts, (t, p), 1)
+    return counts
+
+
+def _contingency(labels_true, labels_pred) -> np.ndarray:
+    """Confusion counts of arbitrary labels (each axis: the sorted distinct values)."""
+    t = np.unique(np.asarray(labels_true), return_inverse=True)[1].ravel()
+    p = np.unique(np.asarray(labels_pred), return_inverse=True)[1].ravel()
+    return confusion(t, p)
+
+
+def _entropy(counts: np.ndarray) -> float:
+    """Shannon entropy (nats) of the distribution proportional to `counts`."""
+    q = counts[counts > 0] / counts.sum()
+    return float(-(q * np.log(q)).sum())
+
+
+def nmi(labels_true, labels_pred) -> float:
+    """Normalised mutual information, MI / mean(H(true), H(pred)) (sklearn's default 'arithmetic')."""
+    c = _contingency(labels_true, labels_pred).astype(np.float64)
+    if c.shape[0] == c.shape[1] <= 1:  # one cluster each (or no data): identical labelings
+        return 1.0
+    n = c.sum()
+    rows, cols = c.sum(1, keepdims=True), c.sum(0, keepdims=True)
+    nz = c > 0
+    mi = float((c[nz] / n * np.log(c[nz] * n / (rows @ cols)[nz])).sum())
+    if mi <= 0:
+        return 0.0
+    return min(1.0, mi / max((_entropy(rows.ravel()) + _entropy(cols.ravel())) / 2, np.finfo(float).eps))
+
+
+def purity(labels_true, labels_pred) -> float:
+    """Share of examples whose predicted cluster's majority true label is their own."""
+    c = _contingency(labels_true, labels_pred)
+    return float(c.max(0).sum() / c.sum()) if c.size else 1.0
+
+
+def routing_statistics(task_weights: torch.Tensor | None, layer_probs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Diagnostics of one batch's routing (`SkillMixModel.last_routing()`), for the training log.
+
+    task_router_entropy: mean over prompts of H(w) / log N (1 = uniform, 0 = one abstract task per prompt);
+    task_router_spread: mean over abstract tasks of the standard deviation of w_i across the batch's prompts
+    (0 = every prompt routed alike); task_router_max_share: the largest batch-mean w_i (1/N = balanced);
+    token_router_entropy: mean over layers and positions of H(p) / log E of token routers (`layer_probs`:
+    the probabilities [B, T, E] or [B, T, G, m] of token-routed layers only).
+    """
+    stats: dict[str, float] = {}
+    if task_weights is not None and task_weights.shape[-1] > 1:
+        w = task_weights.float()
+        entropy = -(w * w.clamp_min(1e-12).log()).sum(-1) / math.log(w.shape[-1])
+        stats["task_router_entropy"] = round(float(entropy.mean()), 6)
+        stats["task_router_spread"] = round(float(w.std(0, unbiased=False).mean()), 6)
+        stats["task_router_max_share"] = round(float(w.mean(0).max()), 6)
+    token = [p.float() for p in layer_probs.values() if p.shape[-1] > 1]
+    if token:
+        entropies = [(-(p * p.clamp_min(1e-12).log()).sum(-1) / math.log(p.shape[-1])).mean() for p in token]
+        stats["token_router_entropy"] = round(float(torch.stack(entropies).mean()), 6)
+    return stats

@@ -19,7 +19,7 @@ from .errors import SkillMixError
 from .io import atomic_save_safetensors, atomic_write_text
 from .layers import AdapterLayer
 from .layers.base import linear_shape
-from .routing import RoutingContext, load_balancing_loss
+from .routing import RoutingContext, TaskRouter, load_balancing_loss
 
 PEFT_PREFIX = "base_model.model."
 
@@ -94,24 +94,41 @@ class SkillMixModel(nn.Module):
         return self.adapter_config.method
 
     # ---- routing -------------------------------------------------------------------------------
-    def compute_task_weights(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None,
-                             prompt_mask=None) -> torch.Tensor:
-        """OrchMoE task-router weights w [B, N] from the prompt tokens (mask-mean of input embeddings).
+    def prompt_features(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None,
+                        prompt_mask=None) -> torch.Tensor:
+        """The task router's input: the mask-mean of the prompt tokens' input embeddings [B, d_model].
 
         Prompt tokens: `prompt_mask` when given; else attention_mask, minus the target positions
         (labels != -100) of a causal LM. Encoder-decoder models route on the whole encoder input.
         """
-        cfg = self.adapter_config
         embeds = inputs_embeds if inputs_embeds is not None else self.base_model.get_input_embeddings()(input_ids)
         bsz, length = embeds.shape[:2]
-        if self.task_router is None:  # ablation: no task router
-            return torch.full((bsz, cfg.n_abstract_tasks), 1.0 / cfg.n_abstract_tasks, device=embeds.device)
         if prompt_mask is None:
             prompt_mask = attention_mask if attention_mask is not None else torch.ones(bsz, length, device=embeds.device)
             is_seq2seq = getattr(self.base_model.config, "is_encoder_decoder", False)
             if labels is not None and not is_seq2seq and labels.shape == (bsz, length):
                 prompt_mask = prompt_mask * (labels == -100)
-        return self.task_router(embeds, prompt_mask)
+        return TaskRouter.pool(embeds, prompt_mask)
+
+    def compute_task_weights(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None,
+                             prompt_mask=None) -> torch.Tensor:
+        """OrchMoE task-router weights w [B, N] from the prompt tokens (`prompt_features`)."""
+        features = self.prompt_features(input_ids, attention_mask, labels, inputs_embeds, prompt_mask)
+        if self.task_router is None:  # ablation: no task router
+            n = self.adapter_config.n_abstract_tasks
+            return torch.full((features.shape[0], n), 1.0 / n, device=features.device)
+        return torch.softmax(self.task_router.logits(features), dim=-1)
+
+    @torch.no_grad()
+    def fit_task_router(self, batches, kmeans: bool = True, seed: int = 0) -> None:
+        """Data-dependent init of the task router from training batches (dicts with input_ids, attention_mask,
+        labels): its feature statistics and, with `kmeans`, its keys (`TaskRouter.fit`). No-op without one."""
+        if self.task_router is None:
+            return
+        device = self.task_router.keys.device
+        features = [self.prompt_features(**{k: b[k].to(device) for k in ("input_ids", "attention_mask", "labels")})
+                    for b in batches]
+        self.task_router.fit(torch.cat(features).cpu(), kmeans=kmeans, seed=seed)
 
     def _begin_routing(self, args: tuple, kwargs: dict, task_ids, task_weights) -> None:
         cfg, ctx = self.adapter_config, self.routing
@@ -219,8 +236,8 @@ class SkillMixModel(nn.Module):
         """Keys of `adapter_state_dict()` that route rather than transform: each layer's
         `routing_parameters` (allocation logits, token routers) and the model-level task router."""
         names = self.layer_class.routing_parameters
-        return [k for k in self.adapter_state_dict()
-                if k.startswith("task_router.") or k.rsplit(".", 1)[-1] in names]
+        router = {f"task_router.{n}" for n, _ in self.task_router.named_parameters()} if self.task_router else set()
+        return [k for k in self.adapter_state_dict() if k in router or k.rsplit(".", 1)[-1] in names]
 
     def per_task_parameter_names(self) -> list[str]:
         """Keys of `adapter_state_dict()` with one row per task id (`add_task_rows` grows them)."""
@@ -240,9 +257,11 @@ class SkillMixModel(nn.Module):
             for pname, p in layer.named_parameters():
                 if not pname.startswith("base_layer."):
                     state[f"{name}.{pname}"] = p
-        if self.task_router is not None:
+        if self.task_router is not None:  # its parameters and its fitted feature statistics (buffers)
             for pname, p in self.task_router.named_parameters():
                 state[f"task_router.{pname}"] = p
+            for pname, buf in self.task_router.named_buffers():
+                state[f"task_router.{pname}"] = buf
         return state
 
     def num_trainable_parameters(self) -> int:

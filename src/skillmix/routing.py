@@ -101,20 +101,83 @@ def load_balancing_loss(probs: torch.Tensor) -> torch.Tensor:
 class TaskRouter(nn.Module):
     """OrchMoE task router: the pooled prompt attends over N learned abstract-task keys.
 
-    w = softmax(<W_Q h, E_i> / sqrt(d_k)), h = mean of the prompt's token embeddings.
+    h = masked mean of the prompt's token embeddings [B, d_model].
+    scoring="cosine" (default): h is standardised with the training prompts' mean and spread
+      (`fit`; the identity until fitted), q = W_Q h, w = softmax(exp(log_scale) * cos(q, E_i)) with a
+      learnable temperature (X-MoE); W_Q ~ N(0, 1/d_model), keys ~ N(0, 1) or, after `fit(kmeans=True)`,
+      the spherical k-means centroids of the training prompts' queries (a data-dependent init).
+    scoring="dot" (the first version, PEFT-Poly-style init): w = softmax(<W_Q h, E_i> / sqrt(d_k)) on the
+      raw pooled embeddings, W_Q, E ~ N(0, 0.02^2).
     """
 
-    def __init__(self, d_model: int, n_abstract_tasks: int, router_dim: int):
+    def __init__(self, d_model: int, n_abstract_tasks: int, router_dim: int, scoring: str = "cosine",
+                 init_scale: float = 10.0):
         super().__init__()
+        self.scoring = scoring
         self.query = nn.Linear(d_model, router_dim, bias=False)  # W_Q [d_k, d_model]
         self.keys = nn.Parameter(torch.empty(n_abstract_tasks, router_dim))  # E [N, d_k]
-        nn.init.normal_(self.query.weight, std=0.02)
-        nn.init.normal_(self.keys, std=0.02)
+        if scoring == "cosine":
+            nn.init.normal_(self.query.weight, std=d_model ** -0.5)
+            nn.init.normal_(self.keys)
+            self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))  # learnable inverse temperature
+            self.register_buffer("feature_mean", torch.zeros(d_model))  # training prompts' statistics
+            self.register_buffer("feature_std", torch.ones(d_model))
+        else:
+            nn.init.normal_(self.query.weight, std=0.02)
+            nn.init.normal_(self.keys, std=0.02)
+
+    @staticmethod
+    def pool(embeddings: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean over the prompt tokens: embeddings [B, T, d_model], prompt_mask [B, T] -> [B, d_model]."""
+        mask = prompt_mask.to(torch.float32).unsqueeze(-1)  # [B, T, 1]
+        return (embeddings.float() * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled prompts [B, d_model] -> router logits [B, N]."""
+        pooled = pooled.to(self.keys.dtype)
+        if self.scoring == "cosine":
+            query = self.query((pooled - self.feature_mean) / self.feature_std)  # [B, d_k]
+            cos = nn.functional.normalize(query, dim=-1) @ nn.functional.normalize(self.keys, dim=-1).T
+            return self.log_scale.exp() * cos
+        return self.query(pooled) @ self.keys.T / math.sqrt(self.keys.shape[-1])
 
     def forward(self, embeddings: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
         """embeddings [B, T, d_model], prompt_mask [B, T] -> task weights w [B, N]."""
-        mask = prompt_mask.to(self.keys.dtype).unsqueeze(-1)  # [B, T, 1]
-        pooled = (embeddings.to(self.keys.dtype) * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # [B, d_model]
-        query = self.query(pooled)  # [B, d_k]
-        logits = query @ self.keys.T / math.sqrt(self.keys.shape[-1])  # [B, N]
-        return torch.softmax(logits, dim=-1)
+        return torch.softmax(self.logits(self.pool(embeddings, prompt_mask)), dim=-1)
+
+    @torch.no_grad()
+    def fit(self, pooled: torch.Tensor, kmeans: bool = True, seed: int = 0) -> None:
+        """Data-dependent init from the training prompts' pooled features [n, d_model]: the standardisation
+        statistics, and (kmeans) the keys at the spherical k-means centroids of their queries."""
+        if self.scoring != "cosine":
+            return
+        pooled = pooled.to(self.feature_mean)
+        self.feature_mean.copy_(pooled.mean(0))
+        self.feature_std.copy_(pooled.std(0).clamp_min(1e-6) if len(pooled) > 1 else torch.ones_like(self.feature_std))
+        if kmeans:
+            queries = self.query((pooled - self.feature_mean) / self.feature_std)
+            self.keys.copy_(spherical_kmeans(queries, self.keys.shape[0], seed).to(self.keys))
+
+
+def spherical_kmeans(x: torch.Tensor, k: int, seed: int = 0, iterations: int = 50) -> torch.Tensor:
+    """k unit-norm centroids of the rows of x [n, d] under cosine similarity (k-means++ seeding, seeded).
+    With fewer distinct rows than k, the remaining centroids are random unit vectors."""
+    g = torch.Generator().manual_seed(seed)
+    x = nn.functional.normalize(x.double(), dim=-1)
+    centroids = [x[torch.randint(len(x), (1,), generator=g)].squeeze(0)]
+    for _ in range(1, k):
+        distance = (1 - (x @ torch.stack(centroids).T).amax(1)).clamp_min(0)  # [n]
+        if distance.sum() <= 1e-12:
+            centroids.append(nn.functional.normalize(torch.randn(x.shape[1], generator=g, dtype=x.dtype), dim=0))
+            continue
+        centroids.append(x[torch.multinomial(distance, 1, generator=g)].squeeze(0))
+    c = torch.stack(centroids)  # [k, d]
+    for _ in range(iterations):
+        assign = (x @ c.T).argmax(1)  # [n]
+        summed = torch.zeros_like(c).index_add_(0, assign, x)
+        filled = torch.bincount(assign, minlength=k) > 0
+        new = torch.where(filled[:, None], nn.functional.normalize(summed, dim=-1), c)
+        if torch.allclose(new, c):
+            break
+        c = new
+    return c

@@ -95,6 +95,12 @@ class TrainConfig:
     gumbel_temperature: float = opt(1.0, OPTIM, "Gumbel-sigmoid temperature (start of a linear schedule)")
     gumbel_temperature_end: float | None = opt(None, OPTIM, "temperature at the last step (default: constant)")
     load_balancing_coef: float = opt(0.0, OPTIM, "weight of the routers' load-balancing loss")
+    router_lr: float | None = opt(None, OPTIM, "learning rate of the routing parameters (task router, allocation "
+                                  "logits, token routers; default: --lr)")
+    router_init: str = opt("kmeans", OPTIM, "task router init: 'kmeans' (keys at the k-means centroids of the "
+                           "training prompts) or 'random'")
+    probe_steps: int = opt(10, OPTIM, "every N steps, NMI/purity of the task router on a fixed probe set of "
+                           "training prompts (0: off)")
     save_steps: int = opt(0, OPTIM, "checkpoint every N steps (0: only when interrupted)")
     logging_steps: int = opt(1, OPTIM, "write metrics every N steps")
     adapter: dict[str, Any] = opt({}, "adapter", "SkillMixConfig fields (r, n_skills, ...)")
@@ -109,6 +115,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "n_test", "logging_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad(name, "a positive integer")
+        if self.router_lr is not None and not self.router_lr > 0:
+            bad("router_lr", "a positive number or None")
+        if self.router_init not in ("kmeans", "random"):
+            bad("router_init", "'kmeans' or 'random'")
+        if not isinstance(self.probe_steps, int) or self.probe_steps < 0:
+            bad("probe_steps", "a non-negative integer")
         if self.max_steps is not None and self.max_steps < 1:
             bad("max_steps", "a positive integer or None")
         if not 0 <= self.warmup_ratio < 1:
@@ -223,6 +235,18 @@ def with_unseen_tasks(cfg: TrainConfig, names: list[str], option: str = "--unsee
         raise SkillMixError(f"{option}: task {overlap[0]!r} is a training task of the run; expected tasks it never "
                             "trained on")
     return dataclasses.replace(cfg, tasks=list(seen), unseen_tasks=sorted(set(names)), unseen_categories=None)
+
+
+def read_metrics_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl: one per logged step (with "loss"), and a step-0 record of the task
+    router's probe before training when the run has one."""
+    path = Path(run_dir) / METRICS_LOG
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def read_losses(run_dir: str | Path) -> list[float]:
+    """The logged training losses, step by step."""
+    return [r["loss"] for r in read_metrics_log(run_dir) if "loss" in r]
 
 
 def read_json(run_dir: str | Path, name: str) -> dict[str, Any]:

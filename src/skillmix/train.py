@@ -27,6 +27,7 @@ from .data import Collator, EncodedExample, model_inputs
 from .errors import SkillMixError
 from .io import atomic_write_text
 from .loss import summed_lm_loss, target_tokens
+from .metrics import nmi, purity, routing_statistics
 from .model import SkillMixModel, get_model
 from .runs import (CHECKPOINT, METRICS_LOG, SUMMARY, TrainConfig, encode, load_checkpoint, load_data,
                    prepare_output_dir, read_json, save_checkpoint)
@@ -89,6 +90,10 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
     config.extra = {"task_names": data.task_names}
     model = get_model(base_model, config)
     model.train()
+    collate = Collator(tokenizer, kind)
+    # a model-level task router starts from the training prompts' statistics (and k-means keys)
+    model.fit_task_router(prompt_batches(examples, collate, cfg.batch_size), kmeans=cfg.router_init == "kmeans",
+                          seed=cfg.seed)
 
     # optimizer and the plan of every step
     plan = global_batches(len(examples), cfg.batch_size * cfg.grad_accum * accelerator.num_processes, cfg.seed,
@@ -96,8 +101,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
     total_steps = min(len(plan), cfg.max_steps) if cfg.max_steps else len(plan)
     if total_steps == 0:
         raise SkillMixError(f"no training examples: the split left 0 train instances ({data.summary()['train']})")
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.router_lr), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
     start, prior_wall = (load_checkpoint(out, model, optimizer, scheduler) if resume and (out / CHECKPOINT).is_dir()
                          else (0, 0.0))
@@ -105,9 +109,10 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
 
     # the loop
     ctx = StepContext(cfg, prepared, accelerator.unwrap_model(prepared), optimizer, scheduler, accelerator, examples,
-                      Collator(tokenizer, kind), kind, total_steps)
+                      collate, kind, total_steps)
+    probe = task_router_probe(ctx.inner, examples, collate, cfg.batch_size, accelerator.device) if cfg.probe_steps else None
     t_start = time.time() - prior_wall  # the wall time before a resume counts: train_wall_s covers the whole run
-    log = run_loop(ctx, plan[:total_steps], start, out=out, t_start=t_start)
+    log = run_loop(ctx, plan[:total_steps], start, out=out, t_start=t_start, probe=probe)
     wall = time.time() - t_start
 
     # summary and adapter out
@@ -134,19 +139,33 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
 
 
 def run_loop(ctx: StepContext, plan: list[list[int]], start: int = 0, out: Path | None = None,
-             t_start: float | None = None, after_step: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+             t_start: float | None = None, after_step: Callable[[], None] | None = None,
+             probe: Callable[[], dict[str, float]] | None = None) -> list[dict[str, Any]]:
     """Optimizer steps `start`..len(plan) (plan[k]: the example indices of step k); returns their records.
 
-    With `out` (a run directory): metrics.jsonl and TensorBoard every `logging_steps`, a checkpoint every
-    `save_steps` and on Ctrl-C. `after_step` runs after every optimizer step (adaptation restores frozen rows).
+    With `out` (a run directory): metrics.jsonl and TensorBoard every `logging_steps` (loss, lr, speed, the
+    batch's routing statistics), `probe()` (the task router's NMI on a probe set) before the first step and
+    every `probe_steps`, a checkpoint every `save_steps` and on Ctrl-C. `after_step` runs after every
+    optimizer step (adaptation restores frozen rows).
     """
     cfg, accelerator = ctx.cfg, ctx.accelerator
     main = accelerator.is_main_process and out is not None
     t_start = time.time() if t_start is None else t_start
     metrics_path = out / METRICS_LOG if out is not None else None
+    board = _tensorboard(out) if main else None
+
+    def write(record: dict[str, Any]) -> None:
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if board is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    board.add_scalar(f"train/{key}", value, record["step"])
+
     if main and start == 0:
         metrics_path.write_text("")
-    board = _tensorboard(out) if main else None
+        if probe is not None:
+            write({"step": 0, **probe()})  # the routing before any update
     bar = tqdm(total=len(plan), initial=start, desc=f"train {cfg.method}", disable=not accelerator.is_main_process,
                leave=out is not None)
     log: list[dict[str, Any]] = []
@@ -163,18 +182,22 @@ def run_loop(ctx: StepContext, plan: list[list[int]], start: int = 0, out: Path 
             if after_step is not None:
                 after_step()
             elapsed = time.time() - t0
-            record = {"step": step + 1, "loss": round(loss, 6), "lr": ctx.optimizer.param_groups[0]["lr"],
+            groups = ctx.optimizer.param_groups
+            record = {"step": step + 1, "loss": round(loss, 6), "lr": groups[0]["lr"],
+                      **({"router_lr": groups[1]["lr"]} if len(groups) > 1 else {}),
                       "step_time_s": round(elapsed, 4), "tokens_per_s": round(n_tokens / elapsed, 1),
                       "target_tokens": n_targets, "gumbel_temperature": gumbel_temperature(cfg, step, ctx.total_steps)}
+            logging = (step + 1) % cfg.logging_steps == 0
+            if logging:  # the last micro-batch's routing
+                record.update(batch_routing_statistics(ctx.inner))
+            if probe is not None and main and ((step + 1) % cfg.probe_steps == 0 or step + 1 == len(plan)):
+                record.update(probe())
+                logging = True
             log.append(record)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{n_tokens / elapsed:.0f}")
-            if main and (step + 1) % cfg.logging_steps == 0:
-                with open(metrics_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-                if board is not None:
-                    for key in ("loss", "lr", "tokens_per_s", "gumbel_temperature"):
-                        board.add_scalar(f"train/{key}", record[key], step + 1)
+            if main and logging:
+                write(record)
             if out is not None and cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < len(plan):
                 if accelerator.is_main_process:
                     save_checkpoint(out, ctx.inner, ctx.optimizer, ctx.scheduler, step + 1, log, time.time() - t_start)
@@ -225,6 +248,59 @@ def train_step(ctx: StepContext, step: int, indices: list[int]) -> tuple[float, 
     ctx.optimizer.zero_grad(set_to_none=True)
     loss_total = accelerator.reduce(loss_sum.to(accelerator.device), reduction="sum").item() if world > 1 else loss_sum.item()
     return loss_total, seen_tokens * world, total_targets
+
+
+def parameter_groups(model: SkillMixModel, router_lr: float | None) -> list[dict[str, Any]]:
+    """AdamW parameter groups: every trainable parameter, and with `router_lr` the routing parameters
+    (`routing_parameter_names`: task router, allocation logits, token routers) in a group of their own."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if router_lr is None:
+        return [{"params": trainable}]
+    state = model.adapter_state_dict()
+    routing = {id(state[k]) for k in model.routing_parameter_names()}
+    groups = [{"params": [p for p in trainable if id(p) not in routing]},
+              {"params": [p for p in trainable if id(p) in routing], "lr": router_lr}]
+    return [g for g in groups if g["params"]] if groups[1]["params"] else groups[:1]
+
+
+def prompt_batches(examples: list[EncodedExample], collate: Collator, batch_size: int):
+    """The examples collated in order, `batch_size` at a time (for the router's data-dependent init and probes)."""
+    for i in range(0, len(examples), batch_size):
+        yield collate(examples[i:i + batch_size])
+
+
+def task_router_probe(model: SkillMixModel, examples: list[EncodedExample], collate: Collator, batch_size: int,
+                      device, per_task: int = 16) -> Callable[[], dict[str, float]] | None:
+    """For a model with a task router: a function giving the NMI and purity of argmax w against the true tasks
+    on a fixed probe set (the first `per_task` training prompts of each task). The task ids are used for this
+    diagnostic only, never for routing."""
+    if model.task_router is None:
+        return None
+    taken: dict[int, int] = {}
+    chosen = []
+    for ex in examples:
+        if taken.get(ex.task_id, 0) < per_task:
+            taken[ex.task_id] = taken.get(ex.task_id, 0) + 1
+            chosen.append(ex)
+    batches = list(prompt_batches(chosen, collate, batch_size))
+    true = [ex.task_id for ex in chosen]
+
+    @torch.no_grad()
+    def probe() -> dict[str, float]:
+        weights = torch.cat([model.compute_task_weights(**{k: b[k].to(device) for k in
+                                                            ("input_ids", "attention_mask", "labels")})
+                             for b in batches])
+        assigned = weights.argmax(-1).cpu().tolist()
+        return {"probe_nmi": round(nmi(true, assigned), 6), "probe_purity": round(purity(true, assigned), 6)}
+
+    return probe
+
+
+def batch_routing_statistics(model: SkillMixModel) -> dict[str, float]:
+    """`metrics.routing_statistics` of the model's last forward (token routers only for token-routed methods)."""
+    routing = model.last_routing()
+    token = routing["layers"] if model.layer_class.routing == "token" else {}
+    return routing_statistics(routing["task_weights"], token)
 
 
 def gumbel_temperature(cfg: TrainConfig, step: int, total: int) -> float:

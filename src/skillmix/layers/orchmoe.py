@@ -27,7 +27,7 @@ class OrchMoELayer(AdapterLayer):
         alpha = w Z_hat = 1/S whatever w is, so a task router would get no gradient."""
         if config.task_router != "attention" or config.skill_router != "learned":
             return None
-        return TaskRouter(d_model, config.n_abstract_tasks, config.router_dim)
+        return TaskRouter(d_model, config.n_abstract_tasks, config.router_dim, scoring=config.router_scoring)
 
     @classmethod
     def export_routing(cls, config, task_id=None, task_weights=None) -> dict:
@@ -47,7 +47,11 @@ class OrchMoELayer(AdapterLayer):
         if not config.init_weights:
             init_uniform_(self.lora_B.data, r)
         if config.skill_router == "learned":  # Theta [N, S]
-            self.allocation_logits = nn.Parameter(torch.empty(config.n_abstract_tasks, s).uniform_(-1e-3, 1e-3))
+            theta = torch.empty(config.n_abstract_tasks, s)
+            # rows that differ from the start, so that alpha = w Z_hat depends on w (the task router gets a
+            # gradient); "poly" is PEFT Poly's near-constant init, a saddle for a router that must discover tasks
+            self.allocation_logits = nn.Parameter(theta.normal_() if config.allocation_init == "normal"
+                                                  else theta.uniform_(-1e-3, 1e-3))
         else:  # ablation: fixed uniform allocation, no parameters
             self.allocation_logits = None
 
