@@ -74,8 +74,10 @@ def _check_written(summary: dict, names: list[str]) -> dict:
 
 def test_inspect_orchmoe(tiny_run):
     run = tiny_run("orchmoe")
-    summary = _check_written(inspect_run(run), ["allocation.png", "task_router.png"])
+    summary = _check_written(inspect_run(run), ["allocation.png", "task_router.png", "router_nmi.png"])
     assert Path(summary["files"][0]).parent == run / "inspect"
+    probe = summary["probe"]  # the probe before training and at the last step
+    assert probe["step"] == [0, 1] and all(0.0 <= v <= 1.0 for v in probe["probe_nmi"] + probe["probe_purity"])
     cfg = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text()))
     per_task = Counter(inst.task for inst in load_data(cfg).train)
     assert summary["num_examples"] == sum(per_task.values())

@@ -16,7 +16,7 @@ from .errors import SkillMixError
 from .io import atomic_write_text
 from .metrics import confusion, nmi, purity
 from .model import SkillMixModel, load_model
-from .runs import INSPECT, TrainConfig, encode, load_data, read_run_config
+from .runs import INSPECT, TrainConfig, encode, load_data, read_metrics_log, read_run_config
 
 # Cross-attention key/value projections of a seq2seq decoder read encoder states.
 _CROSS_KV = re.compile(r"(EncDecAttention|encoder_attn)\.[kv](_proj)?$")
@@ -135,6 +135,26 @@ def _task_router(model: SkillMixModel, cfg: TrainConfig, examples, tokenizer, ki
     files.append(str(path))
     return {"confusion": counts.tolist(), "nmi": score_nmi, "purity": score_purity, "mean_weights": mean_w.tolist(),
             "abstract_task_counts": counts.sum(0).tolist()}
+
+
+def _probe_curve(run_dir: Path, out: Path, files: list[str]) -> dict[str, list] | None:
+    """The task router's probe NMI and purity against the training step (metrics.jsonl), plotted."""
+    records = [r for r in read_metrics_log(run_dir) if "probe_nmi" in r]
+    if not records:
+        return None
+    curve = {key: [r[key] for r in records] for key in ("step", "probe_nmi", "probe_purity")}
+    fig = Figure(figsize=(4.5, 3), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(curve["step"], curve["probe_nmi"], marker="o", label="NMI")
+    ax.plot(curve["step"], curve["probe_purity"], marker="s", label="purity")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("optimizer step", fontsize=8)
+    ax.set_title("task router on the probe prompts (argmax w vs true task)", fontsize=8)
+    ax.legend(fontsize=7)
+    path = out / "router_nmi.png"
+    fig.savefig(path, dpi=120)
+    files.append(str(path))
+    return curve
 
 
 def _token_mask(name: str, kind: str, batch: dict[str, Any]) -> torch.Tensor:
@@ -271,6 +291,9 @@ def inspect_run(run_dir: str | Path, output_dir: str | Path | None = None, split
             summary["num_examples"] = len(examples)
             if model.layer_class.uses_task_weights:
                 summary["task_router"] = _task_router(model, cfg, examples, tokenizer, kind, task_names, out, files)
+                curve = _probe_curve(run_dir, out, files)
+                if curve:
+                    summary["probe"] = curve
             else:
                 summary.update(_utilisation(model, cfg, examples, tokenizer, kind, task_names, out, files))
     if task_names:

@@ -148,36 +148,54 @@ class TaskRouter(nn.Module):
     @torch.no_grad()
     def fit(self, pooled: torch.Tensor, kmeans: bool = True, seed: int = 0) -> None:
         """Data-dependent init from the training prompts' pooled features [n, d_model]: the standardisation
-        statistics, and (kmeans) the keys at the spherical k-means centroids of their queries."""
+        statistics; with `kmeans`, also W_Q's rows at the top principal directions of the standardised
+        features (a random projection to d_k < d_model dimensions blurs the clusters) and the keys at the
+        spherical k-means centroids of the queries."""
         if self.scoring != "cosine":
             return
         pooled = pooled.to(self.feature_mean)
         self.feature_mean.copy_(pooled.mean(0))
         self.feature_std.copy_(pooled.std(0).clamp_min(1e-6) if len(pooled) > 1 else torch.ones_like(self.feature_std))
-        if kmeans:
-            queries = self.query((pooled - self.feature_mean) / self.feature_std)
-            self.keys.copy_(spherical_kmeans(queries, self.keys.shape[0], seed).to(self.keys))
+        if not kmeans:
+            return
+        features = ((pooled - self.feature_mean) / self.feature_std).double()  # [n, d_model]
+        directions = torch.linalg.svd(features, full_matrices=False).Vh  # [min(n, d_model), d_model]
+        k = min(len(directions), self.query.weight.shape[0])
+        self.query.weight[:k] = directions[:k].to(self.query.weight)  # the rest stays random
+        queries = self.query(features.to(self.keys.dtype))
+        self.keys.copy_(spherical_kmeans(queries, self.keys.shape[0], seed).to(self.keys))
 
 
-def spherical_kmeans(x: torch.Tensor, k: int, seed: int = 0, iterations: int = 50) -> torch.Tensor:
-    """k unit-norm centroids of the rows of x [n, d] under cosine similarity (k-means++ seeding, seeded).
+def spherical_kmeans(x: torch.Tensor, k: int, seed: int = 0, restarts: int = 10, iterations: int = 50) -> torch.Tensor:
+    """k unit-norm centroids of the rows of x [n, d] under cosine similarity: the best of `restarts` seeded
+    k-means++ runs (the highest total similarity of the rows to their centroids, as sklearn's n_init).
     With fewer distinct rows than k, the remaining centroids are random unit vectors."""
     g = torch.Generator().manual_seed(seed)
     x = nn.functional.normalize(x.double(), dim=-1)
+    best, best_score = None, -math.inf
+    for _ in range(restarts):
+        c = _kmeans_pp(x, k, g)
+        for _ in range(iterations):
+            assign = (x @ c.T).argmax(1)  # [n]
+            summed = torch.zeros_like(c).index_add_(0, assign, x)
+            filled = torch.bincount(assign, minlength=k) > 0
+            new = torch.where(filled[:, None], nn.functional.normalize(summed, dim=-1), c)
+            if torch.allclose(new, c):
+                break
+            c = new
+        score = float((x @ c.T).amax(1).sum())
+        if score > best_score:
+            best, best_score = c, score
+    return best
+
+
+def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding under cosine distance: [k, d] unit rows."""
     centroids = [x[torch.randint(len(x), (1,), generator=g)].squeeze(0)]
     for _ in range(1, k):
         distance = (1 - (x @ torch.stack(centroids).T).amax(1)).clamp_min(0)  # [n]
         if distance.sum() <= 1e-12:
             centroids.append(nn.functional.normalize(torch.randn(x.shape[1], generator=g, dtype=x.dtype), dim=0))
-            continue
-        centroids.append(x[torch.multinomial(distance, 1, generator=g)].squeeze(0))
-    c = torch.stack(centroids)  # [k, d]
-    for _ in range(iterations):
-        assign = (x @ c.T).argmax(1)  # [n]
-        summed = torch.zeros_like(c).index_add_(0, assign, x)
-        filled = torch.bincount(assign, minlength=k) > 0
-        new = torch.where(filled[:, None], nn.functional.normalize(summed, dim=-1), c)
-        if torch.allclose(new, c):
-            break
-        c = new
-    return c
+        else:
+            centroids.append(x[torch.multinomial(distance, 1, generator=g)].squeeze(0))
+    return torch.stack(centroids)
