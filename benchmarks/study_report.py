@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from router_study import report_lines
 from superni_study import BUDGET, EVAL, LARGE, LR_VARIANTS, MODE_VARIANTS, ORCH_ABLATIONS, SEEN
 
 from skillmix import METHODS
@@ -292,6 +293,11 @@ def main() -> None:
                     "spread = max − min of the per-task mean weights (0 = the router sends every task to the same mix):",
                     "", "| run | NMI | purity | spread of mean w |", "|---|---|---|---|",
                     *[f"| {name} | {n:.3f} | {p:.3f} | {sp:.4f} |" for name, n, p, sp in nmis], ""]
+        if (res / "routers").is_dir():
+            out += ["### The first version of the router against the data-dependent one", "",
+                    "Every OrchMoE run above used the first version of the task router (PEFT-Poly-style init), which "
+                    "never left uniform. The data-dependent router (docs/methods.md) on the same 10 tasks:", "",
+                    *report_lines(res / "routers", Path(args.out).parent, level="####")]
         out += ["### The papers' claims against these runs", "",
                 f"Reproduced only where the 95% CIs over seeds separate (micro ROUGE-L, lr {SEEN['lr']:g}, the main table); "
                 "difference in brackets. At this lr the mixtures had not moved the model; the learning-rate check below "

@@ -9,7 +9,7 @@ import torch
 
 from skillmix import SkillMixConfig, get_model, load_model
 from skillmix.metrics import nmi, routing_statistics
-from skillmix.routing import TaskRouter, spherical_kmeans
+from skillmix.routing import spherical_kmeans
 from skillmix.runs import TrainConfig, read_metrics_log
 from skillmix.train import parameter_groups, train
 from tiny_models import tiny_llama

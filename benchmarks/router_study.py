@@ -1,0 +1,204 @@
+"""Does OrchMoE's task router separate the tasks? The first version against the data-dependent router, on the
+study's 10-task setting (SmolLM2-135M-Instruct, every training instance, prompts <= 256 tokens).
+
+Stages (resumable; finished runs are skipped, a killed run resumes from its checkpoint):
+  init   the task router at step 0, fitted on 90% of the training prompts and probed on the other 10%
+         (held-out *training* instances: the test instances are never looked at for a choice): NMI and purity
+         of argmax w against the true task, for N = 4 and 10, first version vs data-dependent router
+  train  one epoch of OrchMoE (budget 460,800) per variant, probe NMI every 5 steps, then ROUGE-L on the
+         test instances, and the base model's floor on the same instances
+
+    python benchmarks/router_study.py [--stages init,train] [--runs runs/routers] [--results results/routers]
+    python benchmarks/router_study.py --report     # docs/routers.md and docs/router_nmi.png from the results
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from skillmix import SkillMixConfig, get_model
+from skillmix.compare import match_budget
+from skillmix.data import Collator
+from skillmix.metrics import nmi, purity
+from skillmix.runs import METRICS, SUMMARY, TrainConfig, encode, load_data, read_json, read_metrics_log
+from superni_study import BUDGET, EVAL, SEEN
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTING = {**SEEN, "max_train_instances": None, "save_steps": 10, "probe_steps": 5}  # every training instance
+FIRST = {"router_scoring": "dot", "allocation_init": "poly"}
+VARIANTS = {  # name -> (adapter fields, train options)
+    "first_version_N4": ({"n_abstract_tasks": 4, **FIRST}, {"router_init": "random"}),
+    "new_N4": ({"n_abstract_tasks": 4}, {}),
+    "new_N4_router_lr1e-4": ({"n_abstract_tasks": 4}, {"router_lr": 1e-4}),
+    "new_N10": ({"n_abstract_tasks": 10}, {}),
+}
+KEEP = ("train_config.json", SUMMARY, METRICS, "metrics.jsonl", "predictions.jsonl", "adapter_config.json")
+
+
+def stage_init(results: Path) -> dict:
+    """NMI/purity of the task router at step 0 on held-out training prompts."""
+    from skillmix.hub import load_base_model
+
+    cfg = TrainConfig(**SETTING, method="orchmoe", output_dir="unused")
+    base, tokenizer, kind = load_base_model(cfg.model)
+    data = load_data(cfg)
+    examples, _ = encode(cfg, data, "train", tokenizer, kind)
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(0)).tolist()
+    cut = int(0.9 * len(examples))
+    fit, probe = [examples[i] for i in order[:cut]], [examples[i] for i in order[cut:]]
+    collate = Collator(tokenizer, kind)
+
+    def batches(rows):
+        return [collate(rows[i:i + 32]) for i in range(0, len(rows), 32)]
+
+    rows = []
+    for n in (4, 10):
+        for name, fields in (("first version", FIRST), ("data-dependent", {})):
+            torch.manual_seed(0)
+            model = get_model(base, SkillMixConfig(method="orchmoe", n_skills=4, r=2, n_abstract_tasks=n, **fields))
+            model.fit_task_router(batches(fit), kmeans=True, seed=0)
+            with torch.no_grad():
+                w = torch.cat([model.compute_task_weights(b["input_ids"], b["attention_mask"], b["labels"])
+                               for b in batches(probe)])
+            true, assigned = [ex.task_id for ex in probe], w.argmax(-1).tolist()
+            rows.append({"N": n, "router": name, "nmi": round(nmi(true, assigned), 3),
+                         "purity": round(purity(true, assigned), 3),
+                         "max_abs_w_minus_uniform": round(float((w - 1 / n).abs().max()), 5),
+                         "fit_prompts": len(fit), "probe_prompts": len(probe)})
+            print(rows[-1], flush=True)
+            base = _unwrap(model)  # the plain base again, for the next variant
+    out = {"rows": rows, "tasks": data.task_names}
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "init.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def _unwrap(model) -> torch.nn.Module:
+    """The base model with the adapter layers taken out again (their base layers put back)."""
+    for name, layer in model.adapter_layers.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.base_model.get_submodule(parent_name) if parent_name else model.base_model
+        setattr(parent, child, layer.base_layer)
+    return model.base_model
+
+
+def stage_train(runs: Path, results: Path) -> None:
+    from skillmix.evaluate import evaluate_model, evaluate_run
+    from skillmix.hub import load_base_model
+    from skillmix.train import train
+
+    base_out = runs / "base"
+    if not (base_out / METRICS).is_file():
+        model, tokenizer, kind = load_base_model(SETTING["model"])
+        evaluate_model(model, tokenizer, kind, TrainConfig(**SETTING, output_dir=str(base_out)), base_out,
+                       max_new_tokens=EVAL["max_new_tokens"], batch_size=EVAL["batch_size"])
+    _keep(base_out, results / "base")
+    base_model = load_base_model(SETTING["model"])[0]
+    for name, (fields, options) in VARIANTS.items():
+        out = runs / name
+        cfg0 = TrainConfig(**SETTING, **options, method="orchmoe", adapter={"n_skills": 4, **fields},
+                           output_dir=str(out))
+        config, count = match_budget(base_model, cfg0.adapter_config(), BUDGET)
+        cfg = TrainConfig(**{**cfg0.to_dict(), "adapter": {"n_skills": 4, "r": config.r, **fields}})
+        t0 = time.time()
+        if not (out / METRICS).is_file():
+            if not (out / SUMMARY).is_file():
+                resume = (out / "checkpoint").is_dir()
+                train(cfg, overwrite=not resume, resume=resume)
+            evaluate_run(out, max_new_tokens=EVAL["max_new_tokens"], batch_size=EVAL["batch_size"])
+        print(f"[{name}] {count:,d} params, done in {time.time() - t0:.0f} s", flush=True)
+        _keep(out, results / name)
+
+
+def _keep(src: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in KEEP:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dest / name)
+
+
+def report(results: Path, doc: Path) -> None:
+    """docs/routers.md (and docs/router_nmi.png) from the result files."""
+    lines = ["# Does the task router find the tasks?", "", *report_lines(results, doc.parent, level="##")]
+    doc.write_text("\n".join(lines) + "\n")
+    print(f"wrote {doc}")
+
+
+def report_lines(results: Path, docs: Path, level: str = "###") -> list[str]:
+    """The router study's tables in Markdown, headings at `level`; writes docs/router_nmi.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = ["Generated by `python benchmarks/router_study.py --report` from `results/routers/` "
+             "(runs: `python benchmarks/router_study.py`). Setting: the study's 10 SuperNI tasks (data seed 0), "
+             "SmolLM2-135M-Instruct, every training instance not held out, prompts ≤ 256 tokens, targets ≤ 32.", ""]
+    init = results / "init.json"
+    if init.is_file():
+        data = json.loads(init.read_text())
+        first = data["rows"][0]
+        lines += [f"{level} At step 0", "",
+                  f"The router fitted on {first['fit_prompts']} training prompts, probed on the other "
+                  f"{first['probe_prompts']} training prompts (NMI/purity of argmax w against the true task).", "",
+                  "| N | router | NMI | purity | max abs(w − 1/N) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['N']} | {r['router']} | {r['nmi']:.3f} | {r['purity']:.3f} | {r['max_abs_w_minus_uniform']:.5f} |"
+                  for r in data["rows"]]
+        lines.append("")
+    runs = [(name, results / name) for name in VARIANTS if (results / name / METRICS).is_file()]
+    if runs:
+        base = read_json(results / "base", METRICS) if (results / "base" / METRICS).is_file() else None
+        lines += [f"{level} One epoch of training", "",
+                  "OrchMoE at the study's budget (460,800 trainable parameters, S = 4), lr 1e-3 with 10% warm-up, "
+                  "batch 8, one epoch; probe = the first 16 training prompts of each task, every 5 steps. "
+                  "ROUGE-L on the test instances (8 per task)." + (f" Base model without adapter: ROUGE-L "
+                                                                  f"{base['rougeL']:.2f}." if base else ""), "",
+                  "| variant | router lr | NMI step 0 | NMI max | NMI last | purity last | final loss | ROUGE-L | EM |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name, path in runs:
+            probes = [r for r in read_metrics_log(path) if "probe_nmi" in r]
+            summary, metrics = read_json(path, SUMMARY), read_json(path, METRICS)
+            cfg = json.loads((path / "train_config.json").read_text())
+            nmis = [r["probe_nmi"] for r in probes]
+            lines.append(f"| {name} | {cfg['router_lr'] or cfg['lr']:g} | {nmis[0]:.3f} | {max(nmis):.3f} | {nmis[-1]:.3f} | "
+                         f"{probes[-1]['probe_purity']:.3f} | {summary['final_loss']:.3f} | {metrics['rougeL']:.2f} | "
+                         f"{metrics['exact_match']:.2f} |")
+            ax.plot([r["step"] for r in probes], nmis, marker="o", markersize=3, label=name)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("probe NMI (argmax w vs task)")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(docs / "router_nmi.png", dpi=120)
+        plt.close(fig)
+        lines += ["", "![probe NMI against step](router_nmi.png)", ""]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", default="init,train")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "routers"))
+    parser.add_argument("--results", default=str(ROOT / "results" / "routers"))
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+    results = Path(args.results)
+    if args.report:
+        report(results, ROOT / "docs" / "routers.md")
+        return
+    stages = args.stages.split(",")
+    if "init" in stages:
+        stage_init(results)
+    if "train" in stages:
+        stage_train(Path(args.runs), results)
+    report(results, ROOT / "docs" / "routers.md")
+
+
+if __name__ == "__main__":
+    main()
