@@ -25,17 +25,18 @@ from skillmix import SkillMixConfig, get_model
 from skillmix.compare import match_budget
 from skillmix.data import Collator
 from skillmix.metrics import nmi, purity
-from skillmix.runs import METRICS, SUMMARY, TrainConfig, encode, load_data, read_json, read_metrics_log
+from skillmix.runs import INSPECT, METRICS, SUMMARY, TrainConfig, encode, load_data, read_json, read_metrics_log
 from superni_study import BUDGET, EVAL, SEEN
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTING = {**SEEN, "max_train_instances": None, "save_steps": 10, "probe_steps": 5}  # every training instance
 FIRST = {"router_scoring": "dot", "allocation_init": "poly"}
-VARIANTS = {  # name -> (adapter fields, train options)
-    "first_version_N4": ({"n_abstract_tasks": 4, **FIRST}, {"router_init": "random"}),
-    "new_N4": ({"n_abstract_tasks": 4}, {}),
-    "new_N4_router_lr1e-4": ({"n_abstract_tasks": 4}, {"router_lr": 1e-4}),
-    "new_N10": ({"n_abstract_tasks": 10}, {}),
+VARIANTS = {  # name -> (method, adapter fields, train options)
+    "first_version_N4": ("orchmoe", {"n_skills": 4, "n_abstract_tasks": 4, **FIRST}, {"router_init": "random"}),
+    "new_N4": ("orchmoe", {"n_skills": 4, "n_abstract_tasks": 4}, {}),
+    "new_N10": ("orchmoe", {"n_skills": 4, "n_abstract_tasks": 10}, {}),
+    "new_N4_router_lr1e-4": ("orchmoe", {"n_skills": 4, "n_abstract_tasks": 4}, {"router_lr": 1e-4}),
+    "molora": ("molora", {"num_experts": 4}, {}),  # do token routers leave uniform?
 }
 KEEP = ("train_config.json", SUMMARY, METRICS, "metrics.jsonl", "predictions.jsonl", "adapter_config.json")
 
@@ -88,6 +89,7 @@ def _unwrap(model) -> torch.nn.Module:
 
 
 def stage_train(runs: Path, results: Path) -> None:
+    from skillmix.analysis import inspect_run
     from skillmix.evaluate import evaluate_model, evaluate_run
     from skillmix.hub import load_base_model
     from skillmix.train import train
@@ -99,18 +101,21 @@ def stage_train(runs: Path, results: Path) -> None:
                        max_new_tokens=EVAL["max_new_tokens"], batch_size=EVAL["batch_size"])
     _keep(base_out, results / "base")
     base_model = load_base_model(SETTING["model"])[0]
-    for name, (fields, options) in VARIANTS.items():
+    for name, (method, fields, options) in VARIANTS.items():
         out = runs / name
-        cfg0 = TrainConfig(**SETTING, **options, method="orchmoe", adapter={"n_skills": 4, **fields},
-                           output_dir=str(out))
+        cfg0 = TrainConfig(**SETTING, **options, method=method, adapter=fields, output_dir=str(out))
         config, count = match_budget(base_model, cfg0.adapter_config(), BUDGET)
-        cfg = TrainConfig(**{**cfg0.to_dict(), "adapter": {"n_skills": 4, "r": config.r, **fields}})
+        cfg = TrainConfig(**{**cfg0.to_dict(), "adapter": {**fields, "r": config.r}})
         t0 = time.time()
         if not (out / METRICS).is_file():
             if not (out / SUMMARY).is_file():
                 resume = (out / "checkpoint").is_dir()
                 train(cfg, overwrite=not resume, resume=resume)
             evaluate_run(out, max_new_tokens=EVAL["max_new_tokens"], batch_size=EVAL["batch_size"])
+        if not (out / "inspect" / INSPECT).is_file():
+            inspect_run(out, split="train", max_examples=160)
+        (results / name).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(out / "inspect" / INSPECT, results / name / INSPECT)
         print(f"[{name}] {count:,d} params, done in {time.time() - t0:.0f} s", flush=True)
         _keep(out, results / name)
 
@@ -150,7 +155,9 @@ def report_lines(results: Path, docs: Path, level: str = "###") -> list[str]:
         lines += [f"| {r['N']} | {r['router']} | {r['nmi']:.3f} | {r['purity']:.3f} | {r['max_abs_w_minus_uniform']:.5f} |"
                   for r in data["rows"]]
         lines.append("")
-    runs = [(name, results / name) for name in VARIANTS if (results / name / METRICS).is_file()]
+    finished = [(name, results / name) for name in VARIANTS if (results / name / METRICS).is_file()]
+    runs = [(name, path) for name, path in finished if VARIANTS[name][0] == "orchmoe"]
+    token = [(name, path) for name, path in finished if VARIANTS[name][0] != "orchmoe"]
     if runs:
         base = read_json(results / "base", METRICS) if (results / "base" / METRICS).is_file() else None
         lines += [f"{level} One epoch of training", "",
@@ -158,16 +165,16 @@ def report_lines(results: Path, docs: Path, level: str = "###") -> list[str]:
                   "batch 8, one epoch; probe = the first 16 training prompts of each task, every 5 steps. "
                   "ROUGE-L on the test instances (8 per task)." + (f" Base model without adapter: ROUGE-L "
                                                                   f"{base['rougeL']:.2f}." if base else ""), "",
-                  "| variant | router lr | NMI step 0 | NMI max | NMI last | purity last | final loss | ROUGE-L | EM |",
+                  "| variant | router lr | NMI step 0 | NMI max | NMI last | purity last | loss, last 10 steps | ROUGE-L | EM |",
                   "|---|---|---|---|---|---|---|---|---|"]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for name, path in runs:
             probes = [r for r in read_metrics_log(path) if "probe_nmi" in r]
-            summary, metrics = read_json(path, SUMMARY), read_json(path, METRICS)
+            metrics = read_json(path, METRICS)
             cfg = json.loads((path / "train_config.json").read_text())
             nmis = [r["probe_nmi"] for r in probes]
             lines.append(f"| {name} | {cfg['router_lr'] or cfg['lr']:g} | {nmis[0]:.3f} | {max(nmis):.3f} | {nmis[-1]:.3f} | "
-                         f"{probes[-1]['probe_purity']:.3f} | {summary['final_loss']:.3f} | {metrics['rougeL']:.2f} | "
+                         f"{probes[-1]['probe_purity']:.3f} | {_tail_loss(path):.3f} | {metrics['rougeL']:.2f} | "
                          f"{metrics['exact_match']:.2f} |")
             ax.plot([r["step"] for r in probes], nmis, marker="o", markersize=3, label=name)
         ax.set_xlabel("optimizer step")
@@ -178,7 +185,37 @@ def report_lines(results: Path, docs: Path, level: str = "###") -> list[str]:
         fig.savefig(docs / "router_nmi.png", dpi=120)
         plt.close(fig)
         lines += ["", "![probe NMI against step](router_nmi.png)", ""]
+    if token:
+        lines += [f"{level} Token routers", "",
+                  "The same epoch for a token-routed method at the same budget. Token-router entropy = mean "
+                  "H(p)/log E over the batch's positions and layers (1 = uniform); balance = H(mean p)/log E per "
+                  "layer, averaged; task spread = mean over layers and experts of the range of an expert's mean "
+                  "probability across tasks (`skillmix inspect` on 160 training prompts).", "",
+                  "| method | entropy step 1 | entropy last | balance | task spread | loss, last 10 steps | ROUGE-L | EM |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, path in token:
+            steps = [r for r in read_metrics_log(path) if "token_router_entropy" in r]
+            metrics = read_json(path, METRICS)
+            inspect = read_json(path, INSPECT) if (path / INSPECT).is_file() else {}
+            balance = sum(inspect["balance_entropy"].values()) / len(inspect["balance_entropy"]) if inspect else float("nan")
+            spread = float("nan")
+            if inspect:
+                per_task = inspect["per_task_utilisation"]  # task -> layer -> [E]
+                layers = next(iter(per_task.values()))
+                ranges = [max(per_task[t][layer][e] for t in per_task) - min(per_task[t][layer][e] for t in per_task)
+                          for layer in layers for e in range(len(layers[layer]))]
+                spread = sum(ranges) / len(ranges)
+            lines.append(f"| {name} | {steps[0]['token_router_entropy']:.4f} | {steps[-1]['token_router_entropy']:.4f} | "
+                         f"{balance:.4f} | {spread:.4f} | {_tail_loss(path):.3f} | {metrics['rougeL']:.2f} | "
+                         f"{metrics['exact_match']:.2f} |")
+        lines.append("")
     return lines
+
+
+def _tail_loss(path: Path, steps: int = 10) -> float:
+    """Mean training loss of the last `steps` logged steps (one batch's loss is noisy)."""
+    losses = [r["loss"] for r in read_metrics_log(path) if "loss" in r][-steps:]
+    return sum(losses) / len(losses)
 
 
 def main() -> None:
