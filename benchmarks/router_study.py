@@ -35,8 +35,8 @@ VARIANTS = {  # name -> (method, adapter fields, train options)
     "first_version_N4": ("orchmoe", {"n_skills": 4, "n_abstract_tasks": 4, **FIRST}, {"router_init": "random"}),
     "new_N4": ("orchmoe", {"n_skills": 4, "n_abstract_tasks": 4}, {}),
     "new_N10": ("orchmoe", {"n_skills": 4, "n_abstract_tasks": 10}, {}),
-    "new_N4_router_lr1e-4": ("orchmoe", {"n_skills": 4, "n_abstract_tasks": 4}, {"router_lr": 1e-4}),
     "molora": ("molora", {"num_experts": 4}, {}),  # do token routers leave uniform?
+    "new_N4_router_lr1e-4": ("orchmoe", {"n_skills": 4, "n_abstract_tasks": 4}, {"router_lr": 1e-4}),
 }
 KEEP = ("train_config.json", SUMMARY, METRICS, "metrics.jsonl", "predictions.jsonl", "adapter_config.json")
 
