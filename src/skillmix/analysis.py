@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .batching import collated_batches
 from .data import Collator, model_inputs
 from .errors import SkillMixError
 from .io import atomic_write_text
@@ -82,9 +83,7 @@ def _annotated(ax, mat: np.ndarray, row_labels: list[str], col_labels: list[str]
 # ---- per-method inspection -----------------------------------------------------------------------------
 def _batches(cfg: TrainConfig, examples, tokenizer, kind: str):
     """Training-mode batches (prompt + target, right-padded) of `examples`, batch_size at a time."""
-    collate = Collator(tokenizer, kind, seed=cfg.seed)
-    for start in range(0, len(examples), cfg.batch_size):
-        yield collate(examples[start:start + cfg.batch_size])
+    return collated_batches(examples, Collator(tokenizer, kind, seed=cfg.seed), cfg.batch_size)
 
 
 def _allocation(model: SkillMixModel, task_names: list[str], out: Path, files: list[str]) -> dict[str, Any]:

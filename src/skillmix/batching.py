@@ -11,7 +11,7 @@ import random
 
 import torch
 
-from .data import EncodedExample
+from .data import Collator, EncodedExample
 
 
 def global_batches(num_examples: int, global_batch: int, seed: int, epochs: int) -> list[list[int]]:
@@ -39,3 +39,9 @@ def micro_batch_shards(examples: list, micro_batch: int, rank: int, world: int) 
     of each (rows rank, rank + world, ...). A shard may be empty at the end of an epoch."""
     step = micro_batch * world
     return [examples[i:i + step][rank::world] for i in range(0, len(examples), step)]
+
+
+def collated_batches(examples: list[EncodedExample], collate: Collator, batch_size: int):
+    """The examples collated in order, `batch_size` at a time (router init, probes, inspection)."""
+    for i in range(0, len(examples), batch_size):
+        yield collate(examples[i:i + batch_size])

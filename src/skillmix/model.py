@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .config import CONFIG_NAME, DEFAULT_TARGET_MODULES, WEIGHTS_NAME, SkillMixConfig
+from .data import model_inputs
 from .errors import SkillMixError
 from .io import atomic_save_safetensors, atomic_write_text
 from .layers import AdapterLayer
@@ -126,7 +127,7 @@ class SkillMixModel(nn.Module):
         if self.task_router is None:
             return
         device = self.task_router.keys.device
-        features = [self.prompt_features(**{k: b[k].to(device) for k in ("input_ids", "attention_mask", "labels")})
+        features = [self.prompt_features(**{k: v.to(device) for k, v in model_inputs(b, False).items()})
                     for b in batches]
         self.task_router.fit(torch.cat(features).cpu(), kmeans=kmeans, seed=seed)
 

@@ -22,7 +22,8 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .batching import choose_references, global_batches, micro_batch_shards, target_token_count
+from .batching import (choose_references, collated_batches, global_batches, micro_batch_shards,
+                       target_token_count)
 from .data import Collator, EncodedExample, model_inputs
 from .errors import SkillMixError
 from .io import atomic_write_text
@@ -92,7 +93,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, base=
     model.train()
     collate = Collator(tokenizer, kind)
     # a model-level task router starts from the training prompts' statistics (and k-means keys)
-    model.fit_task_router(prompt_batches(examples, collate, cfg.batch_size), kmeans=cfg.router_init == "kmeans",
+    model.fit_task_router(collated_batches(examples, collate, cfg.batch_size), kmeans=cfg.router_init == "kmeans",
                           seed=cfg.seed)
 
     # optimizer and the plan of every step
@@ -263,12 +264,6 @@ def parameter_groups(model: SkillMixModel, router_lr: float | None) -> list[dict
     return [g for g in groups if g["params"]] if groups[1]["params"] else groups[:1]
 
 
-def prompt_batches(examples: list[EncodedExample], collate: Collator, batch_size: int):
-    """The examples collated in order, `batch_size` at a time (for the router's data-dependent init and probes)."""
-    for i in range(0, len(examples), batch_size):
-        yield collate(examples[i:i + batch_size])
-
-
 def task_router_probe(model: SkillMixModel, examples: list[EncodedExample], collate: Collator, batch_size: int,
                       device, per_task: int = 16) -> Callable[[], dict[str, float]] | None:
     """For a model with a task router: a function giving the NMI and purity of argmax w against the true tasks
@@ -282,13 +277,12 @@ def task_router_probe(model: SkillMixModel, examples: list[EncodedExample], coll
         if taken.get(ex.task_id, 0) < per_task:
             taken[ex.task_id] = taken.get(ex.task_id, 0) + 1
             chosen.append(ex)
-    batches = list(prompt_batches(chosen, collate, batch_size))
+    batches = list(collated_batches(chosen, collate, batch_size))
     true = [ex.task_id for ex in chosen]
 
     @torch.no_grad()
     def probe() -> dict[str, float]:
-        weights = torch.cat([model.compute_task_weights(**{k: b[k].to(device) for k in
-                                                            ("input_ids", "attention_mask", "labels")})
+        weights = torch.cat([model.compute_task_weights(**{k: v.to(device) for k, v in model_inputs(b, False).items()})
                              for b in batches])
         assigned = weights.argmax(-1).cpu().tolist()
         return {"probe_nmi": round(nmi(true, assigned), 6), "probe_purity": round(purity(true, assigned), 6)}
